@@ -1,0 +1,380 @@
+"""Typed, validated configs: one class per stage, YAML + ``key=value`` overrides.
+
+Every stage shares the common keys of :class:`StageConfig` (``model``, ``data.train``, ``data.eval``,
+``output_dir``, ``seed``, ``max_steps`` and the training-engine knobs) and adds its own. A config is built by
+:func:`load_config` from an optional YAML file and ``key=value`` / dotted overrides (``data.train=x.jsonl``),
+validated by pydantic (unknown keys, wrong types and out-of-range values are rejected with one line naming
+the key) and frozen: nothing mutates it at run time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from posttrain.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for every config block: unknown keys are errors, values are frozen after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
+                              protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------- common blocks
+class DataConfig(Section):
+    train: str | None = Field(None, description="training data: .jsonl/.json/.parquet/.csv, a save_to_disk "
+                                                "folder, or a hub id (online only)")
+    eval: str | None = Field(None, description="evaluation data (same forms as data.train)")
+    max_len: int = Field(256, ge=8, le=1_000_000, description="max tokens of prompt + completion")
+    max_prompt_len: int = Field(128, ge=1, le=1_000_000,
+                                description="max prompt tokens (longer prompts keep their end)")
+    max_train_rows: int | None = Field(None, ge=1, description="use only the first N training rows")
+    max_eval_rows: int | None = Field(None, ge=1, description="use only the first N evaluation rows")
+
+    @model_validator(mode="after")
+    def _prompt_fits(self) -> "DataConfig":
+        if self.max_prompt_len >= self.max_len:
+            raise ValueError("data.max_prompt_len must be smaller than data.max_len")
+        return self
+
+
+class GenerationConfig(Section):
+    max_new_tokens: int = Field(48, ge=1, le=100_000, description="tokens to generate per completion")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens (0 = off)")
+    stop_strings: list[str] = Field(default_factory=list, description="extra strings that end a completion")
+
+
+class LoraConfig(Section):
+    enabled: bool = Field(False, description="train LoRA adapters (PEFT) instead of all weights")
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      description="module names that get adapters")
+    save: Literal["merged", "adapter"] = Field("merged", description="save merged weights or the adapter only")
+
+
+class StageConfig(Section):
+    """Keys every stage shares (same names everywhere)."""
+
+    model: str = Field("preset:tiny", description="a model folder, a run directory, a hub id, or preset:NAME")
+    tokenizer: str | None = Field(None, description="tokenizer folder or hub id (default: the model's)")
+    data: DataConfig = Field(default_factory=DataConfig, description="datasets")
+    output_dir: str = Field("runs/stage", description="run directory this stage writes")
+    seed: int = Field(0, ge=0, description="seed for every RNG")
+    max_steps: int = Field(100, ge=1, le=10_000_000, description="optimizer steps")
+    # ---- training engine
+    lr: float = Field(1e-4, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr as a fraction of lr")
+    weight_decay: float = Field(0.0, ge=0.0, le=10.0, description="AdamW weight decay")
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW beta2")
+    adam_eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="global-norm gradient clipping (null = off)")
+    batch_size: int = Field(8, ge=1, description="examples per micro-batch per rank")
+    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = only at the end)")
+    eval_batches: int = Field(0, ge=0, description="cap on evaluation batches (0 = whole eval set)")
+    log_every: int = Field(1, ge=1, description="write metrics every N steps")
+    checkpoint_every: int = Field(0, ge=0, description="checkpoint every N steps (0 = only the final model)")
+    keep_checkpoints: int = Field(2, ge=1, description="keep the last K checkpoints")
+    resume: bool = Field(True, description="resume from the latest checkpoint in output_dir when there is one")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="weights dtype (auto: fp32 on "
+                                                                                  "CPU, bf16 autocast on CUDA)")
+    peak_flops: float | None = Field(None, gt=0, description="peak FLOP/s for the MFU estimate "
+                                                             "(default: measured matmul peak)")
+    tensorboard: bool = Field(False, description="also write TensorBoard event files")
+    progress: bool = Field(True, description="show progress bars")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+
+# --------------------------------------------------------------------------------------------- stages
+class PretrainConfig(StageConfig):
+    output_dir: str = Field("runs/pretrain", description="run directory this stage writes")
+    packing: bool = Field(True, description="pack documents into rows of data.max_len tokens")
+
+
+class SFTConfig(StageConfig):
+    output_dir: str = Field("runs/sft", description="run directory this stage writes")
+    completion_only_loss: bool = Field(True, description="loss on completion / assistant tokens only "
+                                                         "(false: all tokens)")
+    packing: bool = Field(False, description="pack short examples into rows without cross-attention")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters")
+    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(temperature=0.0),
+                                         description="sample generations")
+    sample_prompts: int = Field(4, ge=0, description="sample generations on N fixed eval prompts at the end")
+    sample_every: int = Field(0, ge=0, description="also sample every N steps (0 = only at the end)")
+
+
+class RewardModelConfig(StageConfig):
+    output_dir: str = Field("runs/reward_model", description="run directory this stage writes")
+    loss: Literal["auto", "bradley_terry", "margin", "kwise"] = Field(
+        "auto", description="auto: kwise for ranking data, margin when a 'margin' column exists, else "
+                            "bradley_terry")
+    centering_coef: float = Field(0.0, ge=0.0, description="reward-centring regulariser coefficient")
+    lr: float = Field(5e-5, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
+
+
+class ScoreConfig(Section):
+    model: str = Field(..., description="reward model folder or run directory")
+    data: DataConfig = Field(default_factory=DataConfig, description="rows to score (data.train)")
+    output: str = Field("scores.jsonl", description="jsonl written with an added 'reward' column")
+    batch_size: int = Field(16, ge=1, description="rows per forward pass")
+    device: str = Field("auto", description="auto, cpu, cuda or mps")
+    seed: int = Field(0, ge=0, description="seed")
+    output_dir: str | None = Field(None, description="unused; accepted for symmetry")
+    max_steps: int | None = Field(None, description="unused; accepted for symmetry")
+
+
+class DPOConfig(StageConfig):
+    output_dir: str = Field("runs/dpo", description="run directory this stage writes")
+    loss: str = Field("dpo", description="preference loss: a name in posttrain.losses.PREFERENCE_LOSSES")
+    beta: float = Field(0.1, gt=0.0, le=100.0, description="KL strength β")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="ε of cDPO / robust DPO")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO target reward margin γ")
+    orpo_lambda: float = Field(0.1, ge=0.0, description="ORPO weight λ of the odds-ratio term")
+    ref_model: str | None = Field(None, description="reference model (default: the initial policy)")
+    precompute_ref: bool = Field(True, description="compute reference log-probs once and cache them in the "
+                                                   "run dir (false: on the fly)")
+    lr: float = Field(5e-6, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
+
+
+class PreferenceDataConfig(Section):
+    model: str = Field(..., description="policy that samples completions")
+    data: DataConfig = Field(default_factory=DataConfig, description="prompts (data.train)")
+    reward: str = Field("gold", description="reward source: rm:PATH, gold, verifier:math, callable:mod:fn")
+    num_samples: int = Field(4, ge=2, le=64, description="completions per prompt (K)")
+    pairs: Literal["best_worst", "all_above_gap"] = Field("best_worst", description="how pairs are formed")
+    min_gap: float = Field(0.0, ge=0.0, description="minimum score gap for a pair")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="sampling")
+    output_dir: str = Field("runs/preference_data", description="run directory (writes pairs.jsonl)")
+    batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    seed: int = Field(0, ge=0, description="seed")
+    device: str = Field("auto", description="auto, cpu, cuda or mps")
+    max_steps: int | None = Field(None, description="unused; accepted for symmetry")
+
+
+class RLConfig(StageConfig):
+    output_dir: str = Field("runs/rl", description="run directory this stage writes")
+    algo: Literal["ppo", "reinforce", "rloo", "grpo"] = Field("grpo", description="policy-gradient algorithm")
+    reward: str = Field("gold", description="reward source(s): rm:PATH, gold, verifier:math, "
+                                            "callable:mod:fn, or 'a*0.5+b*1.0' weighted sums")
+    policy_loss: Literal["auto", "vanilla", "ppo_clip", "gspo", "cispo"] = Field(
+        "auto", description="auto: ppo_clip for ppo/grpo, vanilla for reinforce/rloo")
+    group_size: int = Field(4, ge=1, le=256, description="completions per prompt (G)")
+    prompts_per_step: int = Field(8, ge=1, description="prompts sampled per rollout step")
+    ppo_epochs: int = Field(1, ge=1, le=64, description="passes over each rollout batch")
+    minibatch_size: int = Field(16, ge=1, description="completions per optimizer minibatch")
+    clip_eps_low: float = Field(0.2, gt=0.0, lt=1.0, description="PPO clip ε (lower)")
+    clip_eps_high: float | None = Field(None, gt=0.0, description="DAPO clip-higher ε (default = low)")
+    dual_clip_c: float | None = Field(None, gt=1.0, description="dual-clip constant c (null = off)")
+    beta: float = Field(0.05, ge=0.0, le=100.0, description="KL coefficient β (initial, when adaptive)")
+    kl_mode: Literal["reward", "loss"] = Field("reward", description="KL as a per-token reward penalty "
+                                                                     "(InstructGPT) or a loss term (GRPO)")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimator")
+    kl_target: float | None = Field(None, gt=0.0, description="adaptive KL target (null = fixed β)")
+    kl_horizon: int = Field(10_000, ge=1, description="adaptive KL horizon")
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="discount γ (GAE)")
+    lam: float = Field(0.95, ge=0.0, le=1.0, description="GAE λ")
+    vf_coef: float = Field(0.1, ge=0.0, description="value loss coefficient")
+    value_clip: float = Field(0.2, gt=0.0, description="value clipping range")
+    value_model: str | None = Field(None, description="value model init (default: the reward model or policy)")
+    scale_rewards: Literal["group", "batch", "none"] = Field("group", description="advantage std scaling "
+                                                                                  "(none = Dr. GRPO)")
+    whiten_advantages: bool = Field(True, description="whiten advantages over the batch (ppo/reinforce)")
+    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
+        Field("token-mean", description="how per-token losses are aggregated"))
+    missing_eos_penalty: float | None = Field(None, description="reward added when a completion hits the "
+                                                                "length limit without EOS")
+    ref_model: str | None = Field(None, description="reference model (default: the initial policy)")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="rollout sampling")
+    sample_every: int = Field(10, ge=0, description="log sample completions every N steps")
+    lr: float = Field(1e-5, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field("constant", description="decay after warmup")
+
+
+class RejectionSamplingConfig(StageConfig):
+    output_dir: str = Field("runs/rejection_sampling", description="run directory this stage writes")
+    reward: str = Field("gold", description="reward source: rm:PATH, gold, verifier:math, callable:mod:fn")
+    num_samples: int = Field(8, ge=1, le=256, description="completions per prompt (N)")
+    select: Literal["top1", "topk", "threshold"] = Field("top1", description="selection rule")
+    top_k: int = Field(100, ge=1, description="rows kept overall for select=topk")
+    threshold: float = Field(0.0, description="minimum score for select=threshold")
+    train: bool = Field(True, description="run SFT on the selection (false: only write the dataset)")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="sampling")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT settings for the selection "
+                                                                   "(model/data/output_dir are filled in)")
+
+
+class BestOfNConfig(Section):
+    model: str = Field(..., description="policy that samples completions")
+    data: DataConfig = Field(default_factory=DataConfig, description="prompts (data.train or data.eval)")
+    reward: str = Field(..., description="proxy reward source (e.g. rm:runs/reward_model)")
+    gold: str = Field("gold", description="true reward source")
+    max_n: int = Field(16, ge=1, le=1024, description="largest n (powers of two up to it)")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="sampling")
+    output_dir: str = Field("runs/best_of_n", description="run directory (writes table.json)")
+    batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    seed: int = Field(0, ge=0, description="seed")
+    device: str = Field("auto", description="auto, cpu, cuda or mps")
+    max_steps: int | None = Field(None, description="unused; accepted for symmetry")
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _all_keys(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, f in cls.model_fields.items():
+        keys.append(prefix + name)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_all_keys(ann, prefix + name + "."))
+    return keys
+
+
+def format_validation_error(err: ValidationError, cls: type[BaseModel], source: str = "config") -> str:
+    """One line naming the key for the first problem pydantic found."""
+    e = err.errors()[0]
+    key = _format_loc(e["loc"]) or "(root)"
+    if e["type"] == "extra_forbidden":
+        hint = difflib.get_close_matches(key, _all_keys(cls), n=1)
+        return f"{source}: unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+    if e["type"] == "missing":
+        return f"{source}: key '{key}' is required"
+    got = e.get("input")
+    got_s = repr(got) if not isinstance(got, dict) else "a mapping"
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if key == "(root)" or (e["type"] == "value_error" and isinstance(got, dict)):
+        return f"{source}: {msg}"
+    return f"{source}: key '{key}': {msg[0].lower() + msg[1:]} (got {got_s})"
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{item}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and _looks_numeric(value):
+            value = float(value)
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{p}'")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return any(c in s.lower() for c in "e.") and s.strip().lower() not in {"nan", "inf", "-inf", "+inf"}
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such config file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
+    return data
+
+
+def build_config(cls: type[BaseModel], values: dict, source: str = "config") -> BaseModel:
+    try:
+        return cls.model_validate(values)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, cls, source)) from None
+
+
+def load_config(cls: type[BaseModel], config_path: str | None = None, overrides: list[str] | None = None,
+                defaults: dict | None = None) -> BaseModel:
+    """Defaults (e.g. a recipe's) < YAML file < ``key=value`` overrides; validated and frozen."""
+    values: dict = dict(defaults or {})
+    source = "config"
+    if config_path:
+        values = deep_merge(values, read_yaml(config_path))
+        source = str(config_path)
+    if overrides:
+        values = deep_merge(values, parse_overrides(overrides))
+        source = "config" if not config_path else source
+    return build_config(cls, values, source)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def describe_fields(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, doc) for every field, nested blocks flattened with dotted keys."""
+    rows = []
+    for name, f in cls.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, prefix + name + "."))
+            continue
+        tname = _type_name(ann)
+        if f.is_required():
+            default = "(required)"
+        else:
+            d = f.get_default(call_default_factory=True)
+            default = "null" if d is None else repr(d) if isinstance(d, str) else str(d)
+        rows.append((prefix + name, tname, default, f.description or ""))
+    return rows
+
+
+def _type_name(ann: Any) -> str:
+    s = str(ann)
+    if isinstance(ann, type):
+        return ann.__name__
+    s = s.replace("typing.", "").replace("NoneType", "None")
+    return s

@@ -1,0 +1,70 @@
+"""Typed configs: YAML + overrides, one-line errors naming the key, frozen after validation."""
+
+import pytest
+
+from posttrain.config import (DPOConfig, RLConfig, SFTConfig, dump_config, load_config, parse_overrides)
+from posttrain.errors import ConfigError
+
+
+def test_overrides_parse_dotted_keys_and_scalars():
+    assert parse_overrides(["data.train=x.jsonl", "lr=1e-4", "max_steps=10", "packing=true"]) == {
+        "data": {"train": "x.jsonl"}, "lr": 1e-4, "max_steps": 10, "packing": True}
+
+
+def test_yaml_then_overrides_precedence(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 0.001\nmax_steps: 5\ndata:\n  train: a.jsonl\n")
+    cfg = load_config(SFTConfig, str(f), ["max_steps=7"])
+    assert (cfg.lr, cfg.max_steps, cfg.data.train) == (0.001, 7, "a.jsonl")
+
+
+def test_frozen_after_validation():
+    cfg = load_config(SFTConfig, None, [])
+    with pytest.raises(Exception):
+        cfg.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(Exception):
+        cfg.data.train = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("override,message", [
+    (["lrr=1"], "config: unknown key 'lrr' (did you mean 'lr'?)"),
+    (["data.trian=x"], "config: unknown key 'data.trian' (did you mean 'data.train'?)"),
+    (["lr=abc"], "config: key 'lr': input should be a valid number, unable to parse string as a number "
+                 "(got 'abc')"),
+    (["max_steps=0"], "config: key 'max_steps': input should be greater than or equal to 1 (got 0)"),
+    (["lr_schedule=foo"], "config: key 'lr_schedule': input should be 'cosine', 'linear' or 'constant' "
+                          "(got 'foo')"),
+    (["data.max_len=64", "data.max_prompt_len=64"],
+     "config: data.max_prompt_len must be smaller than data.max_len"),
+    (["novalue"], "override 'novalue' is not of the form key=value"),
+])
+def test_bad_config_one_line(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(SFTConfig, None, override)
+    assert str(e.value) == message
+
+
+def test_bad_yaml_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("lr: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: "):
+        load_config(SFTConfig, str(f), [])
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(SFTConfig, str(tmp_path / "missing.yaml"), [])
+    g = tmp_path / "list.yaml"
+    g.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(SFTConfig, str(g), [])
+
+
+def test_dump_roundtrip():
+    cfg = load_config(RLConfig, None, ["algo=ppo", "generation.temperature=0.7"])
+    import yaml
+    again = RLConfig.model_validate(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg and again.generation.temperature == 0.7
+
+
+def test_common_keys_shared_by_stages():
+    for cls in (SFTConfig, DPOConfig, RLConfig):
+        for key in ("model", "data", "output_dir", "seed", "max_steps"):
+            assert key in cls.model_fields
