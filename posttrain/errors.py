@@ -31,6 +31,8 @@ class DataError(UserError):
         where = ""
         if file is not None:
             where = f"{file}:{row}: " if row is not None else f"{file}: "
+        elif row is not None:
+            where = f"row {row}: "
         self.file, self.row, self.field = file, row, field
         super().__init__(where + message)
 
