@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
+                      model_validator)
 
 from posttrain.errors import ConfigError
 
@@ -119,117 +120,340 @@ class SFTConfig(StageConfig):
 
 
 class RewardModelConfig(StageConfig):
+    """``posttrain reward-model``: a scalar reward model on preference pairs (Bradley–Terry, margin) or K-wise
+    rankings (InstructGPT); ``batch_size`` counts pairs / rankings (prompts), each scored in one forward."""
+
     output_dir: str = Field("runs/reward_model", description="run directory this stage writes")
     loss: Literal["auto", "bradley_terry", "margin", "kwise"] = Field(
         "auto", description="auto: kwise for ranking data, margin when a 'margin' column exists, else "
                             "bradley_terry")
-    centering_coef: float = Field(0.0, ge=0.0, description="reward-centring regulariser coefficient")
+    centering_coef: float = Field(0.0, ge=0.0, description="reward-centring regulariser coefficient η: adds "
+                                                          "η·(r_chosen + r_rejected)² per pair (Eisenstein et "
+                                                          "al. 2023), pulling rewards towards 0")
+    head_init: Literal["auto", "normal", "zero"] = Field(
+        "auto", description="score head init: auto = keep the head of a reward-model `model`, else normal "
+                            "(std 1/sqrt(d+1)); zero = all-zero initial rewards")
+    gold_eval: Literal["auto", "on", "off"] = Field(
+        "auto", description="also measure agreement with the toy world's gold preference on data.eval "
+                            "(auto: when the eval prompts come from the toy world)")
+    calibration_bins: int = Field(10, ge=1, le=1000, description="confidence bins of the expected calibration "
+                                                                 "error")
+    share_prompt: bool = Field(True, description="score a prompt's completions in one packed row that computes "
+                                                 "the shared prompt once (block attention mask); false: one "
+                                                 "padded row per completion")
     lr: float = Field(5e-5, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
 
 
 class ScoreConfig(Section):
+    """``posttrain score``: score prompt/completion, conversational, preference or ranking rows with a reward
+    model into a jsonl file."""
+
     model: str = Field(..., description="reward model folder or run directory")
     data: DataConfig = Field(default_factory=DataConfig, description="rows to score (data.train)")
-    output: str = Field("scores.jsonl", description="jsonl written with an added 'reward' column")
-    batch_size: int = Field(16, ge=1, description="rows per forward pass")
+    output: str = Field("scores.jsonl", description="jsonl written with an added 'reward' column "
+                                                    "(preference rows: reward_chosen, reward_rejected, "
+                                                    "reward_margin; ranking rows: rewards)")
+    tokenizer: str | None = Field(None, description="tokenizer folder (default: the reward model's)")
+    batch_size: int = Field(16, ge=1, description="sequences per forward pass")
     device: str = Field("auto", description="auto, cpu, cuda or mps")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="weights dtype")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    progress: bool = Field(True, description="print a one-line summary")
     seed: int = Field(0, ge=0, description="seed")
     output_dir: str | None = Field(None, description="unused; accepted for symmetry")
     max_steps: int | None = Field(None, description="unused; accepted for symmetry")
 
 
 class DPOConfig(StageConfig):
+    """``posttrain dpo``: direct alignment on preference pairs (or unpaired KTO data) with any loss of
+    ``posttrain.losses.PREFERENCE_LOSSES``; ``beta`` and the loss's own knobs below."""
+
     output_dir: str = Field("runs/dpo", description="run directory this stage writes")
-    loss: str = Field("dpo", description="preference loss: a name in posttrain.losses.PREFERENCE_LOSSES")
-    beta: float = Field(0.1, gt=0.0, le=100.0, description="KL strength β")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="ε of cDPO / robust DPO")
-    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO target reward margin γ")
-    orpo_lambda: float = Field(0.1, ge=0.0, description="ORPO weight λ of the odds-ratio term")
+    loss: str = Field("dpo", description="preference loss: a name in posttrain.losses.PREFERENCE_LOSSES "
+                                         "(dpo, cdpo, robust_dpo, ipo, hinge, slic, simpo, orpo, apo_zero, "
+                                         "apo_down, kto)")
+    beta: float | None = Field(None, gt=0.0, le=100.0,
+                               description="β (IPO's τ, ORPO's λ); null: the loss's default (dpo 0.1, ipo "
+                                           "0.1, simpo 2.0, orpo 0.1, kto 0.1, ...)")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="ε of cdpo / robust_dpo")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO target reward margin γ (absolute)")
+    ipo_length_average: bool = Field(True, description="IPO: length-averaged log-ratios (false: sums, "
+                                                       "as in the paper)")
+    kto_desirable_weight: float = Field(1.0, gt=0.0, description="KTO λ_D (weight of desirable examples)")
+    kto_undesirable_weight: float = Field(1.0, gt=0.0, description="KTO λ_U (weight of undesirable examples)")
     ref_model: str | None = Field(None, description="reference model (default: the initial policy)")
     precompute_ref: bool = Field(True, description="compute reference log-probs once and cache them in the "
                                                    "run dir (false: on the fly)")
+    ref_batch_size: int = Field(32, ge=1, description="sequences per forward when precomputing reference "
+                                                      "log-probs")
+    sample_prompts: int = Field(4, ge=0, description="sample generations on N eval prompts at the end")
+    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(temperature=0.0),
+                                         description="sample generations")
     lr: float = Field(5e-6, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
 
 
 class PreferenceDataConfig(Section):
-    model: str = Field(..., description="policy that samples completions")
-    data: DataConfig = Field(default_factory=DataConfig, description="prompts (data.train)")
+    """``posttrain preference-data``: sample K completions per prompt, score them, write pairs (Tülu 3's
+    on-policy preference data)."""
+
+    model: str = Field(..., description="policy that samples completions (folder, run dir, preset:NAME)")
+    tokenizer: str | None = Field(None, description="tokenizer folder (default: the model's)")
+    data: DataConfig = Field(default_factory=DataConfig, description="prompts (data.train: any dataset with "
+                                                                     "a 'prompt' column)")
     reward: str = Field("gold", description="reward source: rm:PATH, gold, verifier:math, callable:mod:fn")
     num_samples: int = Field(4, ge=2, le=64, description="completions per prompt (K)")
-    pairs: Literal["best_worst", "all_above_gap"] = Field("best_worst", description="how pairs are formed")
-    min_gap: float = Field(0.0, ge=0.0, description="minimum score gap for a pair")
+    pairs: Literal["best_worst", "all_above_gap"] = Field("best_worst", description="best vs worst per "
+                                                          "prompt, or every pair whose gap exceeds min_gap")
+    min_gap: float = Field(0.0, ge=0.0, description="a pair needs score gap > min_gap (ties are dropped)")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="sampling")
     output_dir: str = Field("runs/preference_data", description="run directory (writes pairs.jsonl)")
     batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    reward_batch_size: int = Field(32, ge=1, description="completions per reward-model forward")
     seed: int = Field(0, ge=0, description="seed")
     device: str = Field("auto", description="auto, cpu, cuda or mps")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="weights dtype")
+    resume: bool = Field(True, description="reuse a finished run with the same config")
+    progress: bool = Field(True, description="show progress bars")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     max_steps: int | None = Field(None, description="unused; accepted for symmetry")
 
 
 class RLConfig(StageConfig):
+    """``posttrain rl``: KL-regularised RL with policy gradients (one response, one reward per prompt).
+
+    One **step** = one rollout (``prompts_per_step`` prompts × ``group_size`` completions), scored, followed by
+    ``ppo_epochs`` passes over it in minibatches of ``minibatch_size`` completions; every minibatch is one
+    optimizer step, made of micro-batches of ``batch_size`` completions (gradient accumulation). ``max_steps``
+    counts rollout steps; the learning-rate schedule runs over the optimizer steps.
+    """
+
     output_dir: str = Field("runs/rl", description="run directory this stage writes")
     algo: Literal["ppo", "reinforce", "rloo", "grpo"] = Field("grpo", description="policy-gradient algorithm")
     reward: str = Field("gold", description="reward source(s): rm:PATH, gold, verifier:math, "
                                             "callable:mod:fn, or 'a*0.5+b*1.0' weighted sums")
-    policy_loss: Literal["auto", "vanilla", "ppo_clip", "gspo", "cispo"] = Field(
-        "auto", description="auto: ppo_clip for ppo/grpo, vanilla for reinforce/rloo")
+    policy_loss: str = Field(
+        "auto", description="a name in posttrain.losses.POLICY_LOSSES (vanilla_pg, ppo, gspo, cispo; aliases "
+                            "vanilla, ppo_clip); auto: ppo for ppo/grpo, vanilla_pg for reinforce/rloo")
     group_size: int = Field(4, ge=1, le=256, description="completions per prompt (G)")
     prompts_per_step: int = Field(8, ge=1, description="prompts sampled per rollout step")
     ppo_epochs: int = Field(1, ge=1, le=64, description="passes over each rollout batch")
-    minibatch_size: int = Field(16, ge=1, description="completions per optimizer minibatch")
-    clip_eps_low: float = Field(0.2, gt=0.0, lt=1.0, description="PPO clip ε (lower)")
-    clip_eps_high: float | None = Field(None, gt=0.0, description="DAPO clip-higher ε (default = low)")
+    minibatch_size: int | None = Field(None, ge=1, description="completions per optimizer step (default: the "
+                                                               "whole rollout, prompts_per_step × group_size)")
+    batch_size: int = Field(8, ge=1, description="completions per micro-batch (forward/backward)")
+    clip_eps_low: float | None = Field(None, gt=0.0, lt=1.0, description="clip ε (lower); null = the policy "
+                                       "loss's default (ppo 0.2, gspo 3e-4, cispo none)")
+    clip_eps_high: float | None = Field(None, gt=0.0, description="clip ε (upper; DAPO clip-higher); null = the "
+                                        "loss's default (ppo = low, gspo 4e-4; cispo requires it)")
     dual_clip_c: float | None = Field(None, gt=1.0, description="dual-clip constant c (null = off)")
     beta: float = Field(0.05, ge=0.0, le=100.0, description="KL coefficient β (initial, when adaptive)")
-    kl_mode: Literal["reward", "loss"] = Field("reward", description="KL as a per-token reward penalty "
-                                                                     "(InstructGPT) or a loss term (GRPO)")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimator")
-    kl_target: float | None = Field(None, gt=0.0, description="adaptive KL target (null = fixed β)")
-    kl_horizon: int = Field(10_000, ge=1, description="adaptive KL horizon")
+    kl_mode: Literal["auto", "reward", "loss"] = Field(
+        "auto", description="KL as a per-token reward penalty (InstructGPT) or a loss term (GRPO); auto: loss "
+                            "for grpo, reward otherwise")
+    kl_estimator: Literal["auto", "k1", "k2", "k3"] = Field(
+        "auto", description="KL estimator; auto: k3 for kl_mode=loss, k1 for kl_mode=reward")
+    kl_target: float | None = Field(None, gt=0.0, description="adaptive KL target per sequence (null = fixed β)")
+    kl_horizon: int = Field(10_000, ge=1, description="adaptive KL horizon (in completions)")
     gamma: float = Field(1.0, ge=0.0, le=1.0, description="discount γ (GAE)")
     lam: float = Field(0.95, ge=0.0, le=1.0, description="GAE λ")
     vf_coef: float = Field(0.1, ge=0.0, description="value loss coefficient")
     value_clip: float = Field(0.2, gt=0.0, description="value clipping range")
-    value_model: str | None = Field(None, description="value model init (default: the reward model or policy)")
+    value_model: str | None = Field(None, description="value model init (default: the reward model when "
+                                                      "reward=rm:PATH, else the policy)")
     scale_rewards: Literal["group", "batch", "none"] = Field("group", description="advantage std scaling "
                                                                                   "(none = Dr. GRPO)")
-    whiten_advantages: bool = Field(True, description="whiten advantages over the batch (ppo/reinforce)")
-    loss_agg: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
-        Field("token-mean", description="how per-token losses are aggregated"))
+    whiten_advantages: bool = Field(True, description="whiten advantages over the batch (ppo; reinforce: "
+                                                      "REINFORCE++-style whitening instead of a mean baseline)")
+    loss_agg: Literal["auto", "token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
+                      "seq-mean-token-sum-norm"] = Field(
+        "auto", description="how per-token losses are aggregated (posttrain.losses.reduce); auto: "
+                            "seq-mean-token-mean for gspo, token-mean otherwise; seq-mean-token-sum-norm "
+                            "divides by generation.max_new_tokens (Dr. GRPO)")
     missing_eos_penalty: float | None = Field(None, description="reward added when a completion hits the "
                                                                 "length limit without EOS")
     ref_model: str | None = Field(None, description="reference model (default: the initial policy)")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="rollout sampling")
-    sample_every: int = Field(10, ge=0, description="log sample completions every N steps")
+    sample_every: int = Field(10, ge=0, description="log sample completions every N steps (0 = off)")
+    gold_metric: bool | None = Field(
+        None, description="log the toy world's gold reward of each batch (null: when the prompts are toy-world "
+                          "prompts); never used for training unless reward=gold")
     lr: float = Field(1e-5, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
     lr_schedule: Literal["cosine", "linear", "constant"] = Field("constant", description="decay after warmup")
 
+    @field_validator("policy_loss")
+    @classmethod
+    def _known_policy_loss(cls, v: str) -> str:
+        from posttrain.losses.policy import POLICY_LOSSES
+
+        if v != "auto" and _POLICY_LOSS_ALIASES.get(v, v) not in POLICY_LOSSES:
+            names = ", ".join(["auto", *POLICY_LOSSES, *_POLICY_LOSS_ALIASES])
+            raise ValueError(f"unknown policy loss {v!r}; expected one of {names}")
+        return v
+
+    @model_validator(mode="after")
+    def _rl_shapes(self) -> "RLConfig":
+        if self.generation.temperature <= 0:
+            raise ValueError("generation.temperature must be > 0 for RL (sampling, not greedy decoding)")
+        n = self.prompts_per_step * self.group_size
+        mb = n if self.minibatch_size is None else self.minibatch_size
+        if n % mb:
+            raise ValueError(f"prompts_per_step × group_size ({n}) must be a multiple of minibatch_size ({mb})")
+        if mb % min(self.batch_size, mb):
+            raise ValueError(f"minibatch_size ({mb}) must be a multiple of batch_size ({self.batch_size})")
+        if self.algo in ("rloo", "grpo") and self.group_size < 2:
+            raise ValueError(f"algo={self.algo} needs group_size >= 2 (it compares completions of a prompt)")
+        if self.grad_accum != 1:
+            raise ValueError("grad_accum is not used by rl: set minibatch_size (completions per optimizer "
+                             "step) and batch_size (completions per micro-batch)")
+        return self
+
+    @property
+    def rollout_size(self) -> int:
+        """Completions per step (``prompts_per_step × group_size``)."""
+        return self.prompts_per_step * self.group_size
+
+    @property
+    def resolved_minibatch_size(self) -> int:
+        return self.rollout_size if self.minibatch_size is None else self.minibatch_size
+
+    @property
+    def micro_batch_size(self) -> int:
+        return min(self.batch_size, self.resolved_minibatch_size)
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer steps per rollout step (``ppo_epochs × rollout_size / minibatch_size``)."""
+        return self.ppo_epochs * (self.rollout_size // self.resolved_minibatch_size)
+
+    @property
+    def resolved_kl_mode(self) -> str:
+        return ("loss" if self.algo == "grpo" else "reward") if self.kl_mode == "auto" else self.kl_mode
+
+    @property
+    def resolved_kl_estimator(self) -> str:
+        if self.kl_estimator != "auto":
+            return self.kl_estimator
+        return "k3" if self.resolved_kl_mode == "loss" else "k1"
+
+    @property
+    def resolved_policy_loss(self) -> str:
+        """The ``POLICY_LOSSES`` key."""
+        if self.policy_loss != "auto":
+            return _POLICY_LOSS_ALIASES.get(self.policy_loss, self.policy_loss)
+        return "ppo" if self.algo in ("ppo", "grpo") else "vanilla_pg"
+
+    @property
+    def resolved_loss_agg(self) -> str:
+        if self.loss_agg != "auto":
+            return self.loss_agg
+        return "seq-mean-token-mean" if self.resolved_policy_loss == "gspo" else "token-mean"
+
+
+_POLICY_LOSS_ALIASES = {"vanilla": "vanilla_pg", "ppo_clip": "ppo", "reinforce": "vanilla_pg"}
+
+
+def _sft_only_fields() -> dict[str, Any]:
+    """The keys of :class:`SFTConfig` that are not :class:`StageConfig` keys (packing, lora, ...)."""
+    return {k: (f.annotation, f) for k, f in SFTConfig.model_fields.items() if k not in StageConfig.model_fields}
+
+
+SFTOptions = create_model(
+    "SFTOptions", __base__=Section, __module__=__name__,
+    __doc__="The SFT-only keys of :class:`SFTConfig` (built from it, so the two never drift apart); the "
+            "training-engine keys (lr, max_steps, batch_size, ...) come from the enclosing stage's config.",
+    **_sft_only_fields())
+
 
 class RejectionSamplingConfig(StageConfig):
+    """``posttrain rejection-sampling``: ``num_samples`` completions per prompt of ``data.train`` from
+    ``model``, scored by ``reward``, selected by ``select``, written as ``RUN/selected.jsonl``, then SFT on the
+    selection into ``RUN/sft`` (``train=false``: only the dataset).
+
+    The SFT is an ordinary ``posttrain sft`` run whose config is derived from this one: ``model``, every
+    training-engine key (``lr``, ``max_steps``, ``batch_size``, ``grad_accum``, ``seed``, ...), ``data.max_len``,
+    ``data.max_prompt_len`` and ``data.eval`` (optional SFT eval data) are this config's; ``data.train`` is the
+    selection; ``output_dir`` is ``RUN/sft``; the SFT-only keys (``packing``, ``lora``, ...) are under ``sft``.
+    """
+
     output_dir: str = Field("runs/rejection_sampling", description="run directory this stage writes")
-    reward: str = Field("gold", description="reward source: rm:PATH, gold, verifier:math, callable:mod:fn")
-    num_samples: int = Field(8, ge=1, le=256, description="completions per prompt (N)")
-    select: Literal["top1", "topk", "threshold"] = Field("top1", description="selection rule")
-    top_k: int = Field(100, ge=1, description="rows kept overall for select=topk")
-    threshold: float = Field(0.0, description="minimum score for select=threshold")
+    reward: str = Field("gold", description="reward source: rm:PATH, gold, verifier:math, callable:mod:fn, or "
+                                            "weighted sums like 'rm:PATH*1.0+verifier:math*0.5'")
+    num_samples: int = Field(8, ge=1, le=1024, description="completions per prompt (N)")
+    select: Literal["top1", "topk", "threshold"] = Field(
+        "top1", description="top1: the best completion of every prompt; topk: the top_k best samples overall; "
+                            "threshold: every sample scoring >= threshold")
+    top_k: int = Field(100, ge=1, description="samples kept overall for select=topk")
+    threshold: float | None = Field(None, description="minimum score for select=threshold")
+    require_finished: bool = Field(True, description="only samples that stopped (EOS / stop string) before "
+                                                     "generation.max_new_tokens can be selected")
+    dedupe: bool = Field(True, description="a prompt's identical completions count once when selecting")
     train: bool = Field(True, description="run SFT on the selection (false: only write the dataset)")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="sampling")
-    sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT settings for the selection "
-                                                                   "(model/data/output_dir are filled in)")
+    sample_batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    reward_batch_size: int = Field(32, ge=1, description="completions per reward-model forward")
+    gold_metric: Literal["auto", "on", "off"] = Field(
+        "auto", description="also report the toy world's gold reward of all vs selected samples (auto: when "
+                            "every prompt is a toy-world prompt); never used for selection unless reward=gold")
+    sft: SFTOptions = Field(default_factory=SFTOptions, description="SFT-only settings for the training on the "
+                                                                    "selection (packing, lora, ...)")
+
+    @model_validator(mode="after")
+    def _selection_rule(self) -> "RejectionSamplingConfig":
+        if self.select == "threshold" and self.threshold is None:
+            raise ValueError("select=threshold needs a threshold (e.g. threshold=0.5)")
+        if self.num_samples > 1 and self.generation.temperature <= 0:
+            raise ValueError("generation.temperature must be > 0 to draw num_samples > 1 different "
+                             "completions (0 is greedy decoding)")
+        return self
 
 
 class BestOfNConfig(Section):
-    model: str = Field(..., description="policy that samples completions")
-    data: DataConfig = Field(default_factory=DataConfig, description="prompts (data.train or data.eval)")
-    reward: str = Field(..., description="proxy reward source (e.g. rm:runs/reward_model)")
-    gold: str = Field("gold", description="true reward source")
-    max_n: int = Field(16, ge=1, le=1024, description="largest n (powers of two up to it)")
+    """``posttrain best-of-n``: the proxy and gold reward of best-of-n sampling for n = 1, 2, 4, ..., max_n,
+    estimated without bias from ``num_samples`` completions per prompt, against the analytic KL of
+    best-of-n, ``log n − (n − 1)/n``. Writes ``RUN/table.json`` and ``RUN/scored.jsonl``."""
+
+    model: str = Field(..., description="policy that samples completions (folder, run dir, preset:NAME)")
+    tokenizer: str | None = Field(None, description="tokenizer folder (default: the model's)")
+    data: DataConfig = Field(default_factory=DataConfig, description="prompts: data.eval when given, else "
+                                                                     "data.train (any dataset with a prompt)")
+    reward: str = Field(..., description="proxy reward source that chooses the best of n (e.g. "
+                                         "rm:runs/reward_model)")
+    gold: str = Field("gold", description="true reward source, reported for the chosen completion")
+    max_n: int = Field(16, ge=1, le=1024, description="largest n (powers of two up to it, and max_n itself)")
+    num_samples: int | None = Field(None, ge=1, le=4096, description="completions per prompt N >= max_n "
+                                                                     "(default: max_n)")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="sampling")
     output_dir: str = Field("runs/best_of_n", description="run directory (writes table.json)")
     batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    reward_batch_size: int = Field(32, ge=1, description="completions per reward-model forward")
     seed: int = Field(0, ge=0, description="seed")
     device: str = Field("auto", description="auto, cpu, cuda or mps")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="weights dtype")
+    resume: bool = Field(True, description="reuse a finished run with the same config")
+    progress: bool = Field(True, description="show progress and print the table")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     max_steps: int | None = Field(None, description="unused; accepted for symmetry")
+
+    @model_validator(mode="after")
+    def _samples(self) -> "BestOfNConfig":
+        if self.num_samples is not None and self.num_samples < self.max_n:
+            raise ValueError(f"num_samples ({self.num_samples}) must be >= max_n ({self.max_n})")
+        if self.generation.temperature <= 0:
+            raise ValueError("generation.temperature must be > 0 for best-of-n (sampling, not greedy decoding)")
+        return self
+
+    @property
+    def samples_per_prompt(self) -> int:
+        """N, the completions drawn per prompt."""
+        return self.num_samples if self.num_samples is not None else self.max_n
+
+    @property
+    def ns(self) -> list[int]:
+        """The n of the table: 1, 2, 4, ... up to max_n, and max_n itself."""
+        out, n = [], 1
+        while n < self.max_n:
+            out.append(n)
+            n *= 2
+        return out + [self.max_n]
 
 
 # ------------------------------------------------------------------------------------------ loading

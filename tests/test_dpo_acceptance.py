@@ -1,0 +1,182 @@
+"""Measured acceptance of `posttrain dpo` on the toy world (slow: ~15–25 min on 2 CPU cores).
+
+Pipeline (every run directory is reused when it already holds the same finished run):
+
+1. the toy world (``build_world``: datasets + pretrained base model);
+2. SFT of the base model on the world's instruction data (the recipes' settings);
+3. every loss of ``PREFERENCE_LOSSES`` from the SFT model on the simulated annotators' pairs
+   (``preference/train.jsonl``; KTO on ``kto/train.jsonl``) with the stage's DEFAULTS (β, lr, steps,
+   batch) — the defaults are what is being accepted;
+4. Tülu 3's on-policy variant: a reward model on the annotator pairs, ``preference-data`` from the SFT model
+   scored by it (best vs worst of 4), then DPO on those pairs;
+5. each policy sampled on the world's held-out eval prompts (``evaluate_policy``: 2 samples per prompt,
+   temperature 1, the same seed for every model) and judged by the hidden gold reward against the SFT
+   model's samples of the same prompts: gold win rate (ties ½), mean gold, KL to SFT, mean length.
+
+Accepted: DPO, IPO and SimPO on annotator pairs each reach a gold win rate >= 65% vs SFT. Every number is
+printed as a table and written to ``WORK/acceptance.json``.
+
+Run: ``.venv/bin/python -m pytest tests/test_dpo_acceptance.py -m slow -s`` or
+``.venv/bin/python tests/test_dpo_acceptance.py [LOSS ...]``. ``POSTTRAIN_DPO_ACCEPT`` sets WORK
+(default ``runs/dpo_acceptance``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+WORK = Path(os.environ.get("POSTTRAIN_DPO_ACCEPT", "runs/dpo_acceptance"))
+MAX_LEN, MAX_PROMPT = 96, 48
+ACCEPT = {"dpo": 0.65, "ipo": 0.65, "simpo": 0.65}
+EVAL = {"per_family": 32, "num_samples": 2, "seed": 0, "generation": {"max_new_tokens": 48, "temperature": 1.0}}
+
+
+def _world():
+    from posttrain.world.build import build_world
+
+    return Path(build_world(log=print).root)
+
+
+def _sft(world: Path) -> Path:
+    from posttrain.config import SFTConfig
+    from posttrain.stages.sft import run
+
+    out = WORK / "sft"
+    run(SFTConfig(model=str(world / "base_model"),
+                  data={"train": str(world / "sft/train.jsonl"), "eval": str(world / "sft/eval.jsonl"),
+                        "max_len": MAX_LEN, "max_prompt_len": MAX_PROMPT},
+                  output_dir=str(out), max_steps=150, batch_size=32, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1,
+                  progress=False, sample_prompts=0))
+    return out
+
+
+def _reward_model(world: Path, sft: Path) -> Path:
+    from posttrain.config import RewardModelConfig
+    from posttrain.stages.reward_model import run
+
+    out = WORK / "reward_model"
+    run(RewardModelConfig(model=str(sft), data={"train": str(world / "preference/train.jsonl"),
+                                                "eval": str(world / "preference/eval.jsonl"),
+                                                "max_len": MAX_LEN, "max_prompt_len": MAX_PROMPT},
+                          output_dir=str(out), max_steps=100, batch_size=16, lr=3e-4, warmup_steps=10,
+                          progress=False))
+    return out
+
+
+def _on_policy_pairs(world: Path, sft: Path, rm: Path) -> Path:
+    from posttrain.config import PreferenceDataConfig
+    from posttrain.stages.dpo import preference_data
+
+    out = WORK / "preference_data"
+    preference_data(PreferenceDataConfig(
+        model=str(sft), reward=f"rm:{rm}", num_samples=4, pairs="best_worst", batch_size=64,
+        data={"train": str(world / "preference/train.jsonl"), "max_len": MAX_LEN, "max_prompt_len": MAX_PROMPT},
+        generation={"max_new_tokens": 40, "temperature": 1.0}, output_dir=str(out), progress=False))
+    return out
+
+
+def _dpo(name: str, sft: Path, train: str, tag: str | None = None) -> tuple[Path, dict]:
+    from posttrain.config import DPOConfig
+    from posttrain.stages.dpo import run
+
+    out = WORK / f"dpo-{tag or name}"
+    t0 = time.perf_counter()
+    s = run(DPOConfig(model=str(sft), loss=name, data={"train": train, "max_len": MAX_LEN,
+                                                       "max_prompt_len": MAX_PROMPT},
+                      output_dir=str(out), progress=False, sample_prompts=0))
+    s.setdefault("wall_s", round(time.perf_counter() - t0, 1))
+    return out, s
+
+
+class Judge:
+    """Samples the SFT baseline once; judges any policy against it on the same prompts and seed."""
+
+    def __init__(self, world: Path, sft: Path):
+        from posttrain.eval.policy import evaluate_policy, world_eval_rows
+        from posttrain.models.load import load_causal_lm
+
+        self.rows = world_eval_rows(world, per_family=EVAL["per_family"])
+        self.sft, self.tok = load_causal_lm(str(sft), device="cpu", dtype="fp32")
+        self.base = evaluate_policy(self.sft, self.tok, self.rows, num_samples=EVAL["num_samples"],
+                                    generation=EVAL["generation"], seed=EVAL["seed"], max_prompt_len=MAX_PROMPT)
+
+    def __call__(self, model_dir: Path) -> dict:
+        from posttrain.eval.policy import evaluate_policy
+        from posttrain.models.load import load_causal_lm
+
+        cache = model_dir / "acceptance_eval.json"
+        stamp = (model_dir / "model" / "model.safetensors").stat().st_mtime_ns
+        if cache.is_file():
+            old = json.loads(cache.read_text())
+            if old.get("stamp") == stamp and old.get("settings") == EVAL:
+                return old["metrics"]
+        model, _ = load_causal_lm(str(model_dir), device="cpu", dtype="fp32")
+        res = evaluate_policy(model, self.tok, self.rows, reference=self.sft, baseline=self.base,
+                              num_samples=EVAL["num_samples"], generation=EVAL["generation"], seed=EVAL["seed"],
+                              max_prompt_len=MAX_PROMPT)
+        m = {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}
+        cache.write_text(json.dumps({"stamp": stamp, "settings": EVAL, "metrics": m}, indent=1))
+        return m
+
+
+def acceptance(losses: list[str] | None = None) -> dict:
+    from posttrain.losses import PREFERENCE_LOSSES
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    world = _world()
+    sft = _sft(world)
+    judge = Judge(world, sft)
+    results: dict[str, dict] = {"sft": {"gold": judge.base.metrics.get("gold"),
+                                        "length": judge.base.metrics.get("length")}}
+    for name in losses or list(PREFERENCE_LOSSES):
+        data = world / ("kto/train.jsonl" if not PREFERENCE_LOSSES[name].paired else "preference/train.jsonl")
+        out, s = _dpo(name, sft, str(data))
+        results[name] = {"train_s": s.get("train_time_s"), "steps": s.get("steps"), "beta": s.get("beta"),
+                         "final_accuracy": s.get("final", {}).get("accuracy"), **judge(out)}
+        print(_row(name, results[name]), flush=True)
+    if losses is None or "dpo-on-policy" in (losses or []):
+        rm = _reward_model(world, sft)
+        pairs = _on_policy_pairs(world, sft, rm)
+        pd = json.loads((pairs / "summary.json").read_text())
+        out, s = _dpo("dpo", sft, str(pairs / "pairs.jsonl"), tag="on-policy")
+        results["dpo-on-policy"] = {"train_s": s.get("train_time_s"), "steps": s.get("steps"), "beta": s.get("beta"),
+                                    "final_accuracy": s.get("final", {}).get("accuracy"),
+                                    "pairs": pd["pairs"], "ties_dropped": pd["ties_dropped"],
+                                    "pair_gap_mean": pd["gap"].get("mean"), **judge(out)}
+        print(_row("dpo-on-policy", results["dpo-on-policy"]), flush=True)
+    results["_meta"] = {"total_s": round(time.perf_counter() - t0, 1), "eval": EVAL, "work": str(WORK)}
+    (WORK / "acceptance.json").write_text(json.dumps(results, indent=1, sort_keys=True))
+    print(table(results))
+    return results
+
+
+def _row(name: str, r: dict) -> str:
+    f = lambda k, fmt="{:.3f}": (fmt.format(r[k]) if isinstance(r.get(k), (int, float)) else "-")  # noqa: E731
+    return (f"| {name} | {f('beta', '{:g}')} | {f('steps', '{:d}')} | {f('train_s', '{:.0f}')} | {f('win_rate')} | "
+            f"{f('gold')} | {f('kl', '{:.2f}')} | {f('length', '{:.1f}')} | {f('final_accuracy', '{:.2f}')} |")
+
+
+def table(results: dict) -> str:
+    lines = ["| loss | β | steps | train s | gold win rate vs SFT | gold | KL to SFT | length | train acc |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| sft | - | - | - | 0.500 | {results['sft']['gold']:.3f} | 0 | {results['sft']['length']:.1f} | - |"]
+    lines += [_row(k, v) for k, v in results.items() if k not in ("sft", "_meta")]
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_dpo_ipo_simpo_beat_sft_on_gold():
+    res = acceptance()
+    for name, threshold in ACCEPT.items():
+        assert res[name]["win_rate"] >= threshold, (name, res[name])
+
+
+if __name__ == "__main__":
+    acceptance(sys.argv[1:] or None)

@@ -1,0 +1,339 @@
+"""`posttrain dpo`: every registered loss trains, the reference is cached or computed on the fly with the
+same result, identical pairs give log 2, DPO learns a synthetic preference, bad input exits 2 with one line.
+
+The model is the ``tiny`` preset (~0.26M params, random init) saved to a folder once per module; the
+data are small synthetic conversational preference sets written by the fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from posttrain.cli import main
+from posttrain.config import DPOConfig
+from posttrain.io import read_jsonl
+from posttrain.losses import PREFERENCE_LOSSES
+from posttrain.stages import dpo as dpo_stage
+
+COLOURS = ["red", "blue", "green", "yellow", "black", "white"]
+
+
+def _pref_rows(n: int, seed: int) -> list[dict]:
+    """Chosen: an answer naming a colour; rejected: a refusal of similar length (a pattern a tiny model
+    learns, with log-prob differences small enough that no hinge is satisfied at the start)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        c = rng.choice(COLOURS)
+        rows.append({
+            "prompt": [{"role": "user", "content": f"What colour is item {i}?"}],
+            "chosen": [{"role": "assistant", "content": f"The item is {c}."}],
+            "rejected": [{"role": "assistant", "content": "I do not know it."}],
+        })
+    return rows
+
+
+def _write(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from posttrain.models.load import save_model
+    from posttrain.models.presets import build_preset
+
+    d = tmp_path_factory.mktemp("dpo")
+    model, tok = build_preset("tiny")
+    save_model(model, tok, d / "tiny")
+    model2, _ = build_preset("tiny", tokenizer=tok, seed=1)
+    save_model(model2, tok, d / "tiny_ref")
+    rows = _pref_rows(40, 0)
+    unpaired = [{"prompt": r["prompt"], "completion": r[k], "label": k == "chosen"}
+                for r in rows for k in ("chosen", "rejected")]
+    return {
+        "dir": d, "model": str(d / "tiny"), "ref": str(d / "tiny_ref"),
+        "train": _write(d / "train.jsonl", rows[:32]), "eval": _write(d / "eval.jsonl", rows[32:]),
+        "kto": _write(d / "kto.jsonl", unpaired[:48]),
+    }
+
+
+def _cfg(world, out, **kw) -> DPOConfig:
+    base = dict(model=world["model"], data={"train": world["train"], "max_len": 48, "max_prompt_len": 24},
+                output_dir=str(out), max_steps=2, batch_size=4, lr=1e-3, progress=False, sample_prompts=0,
+                lr_schedule="constant")
+    base.update(kw)
+    return DPOConfig(**base)
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    """Weights of a model folder or of a run directory's model/."""
+    f = path / "model.safetensors"
+    return load_file(str(f if f.is_file() else path / "model" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("name", list(PREFERENCE_LOSSES))
+def test_one_step_per_registered_loss(world, tmp_path, monkeypatch, name):
+    """Each loss in the registry: 2 steps finish with a finite loss and move the weights; losses that are
+    reference-free never load a reference (and cache nothing), the others load exactly one."""
+    calls = []
+    real = dpo_stage._load_reference
+    monkeypatch.setattr(dpo_stage, "_load_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    spec = PREFERENCE_LOSSES[name]
+    data = {"train": world["train"] if spec.paired else world["kto"], "max_len": 48, "max_prompt_len": 24}
+    out = tmp_path / name
+    summary = dpo_stage.run(_cfg(world, out, loss=name, data=data))
+    assert math.isfinite(summary["final_loss"])
+    recs = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert len(recs) == 2 and all(math.isfinite(r["loss"]) for r in recs)
+    assert {"rewards/chosen", "rewards/rejected", "margin", "lengths/chosen", "lengths/rejected"} <= set(recs[0])
+    init, final = _weights(world["dir"] / "tiny"), _weights(out)
+    moved = max(float((init[k] - final[k]).abs().max()) for k in init)
+    assert moved > 1e-4
+    assert len(calls) == (1 if spec.needs_reference else 0)
+    assert summary["needs_reference"] is spec.needs_reference
+    assert (out / "ref_logps").is_dir() is spec.needs_reference
+    if spec.needs_reference:
+        assert "kl" in recs[0]
+    assert (out / "DONE").is_file()
+
+
+def test_identical_chosen_and_rejected_give_log2_through_the_stage_batching(world):
+    """With chosen == rejected the two log-ratios are equal whatever the policy and reference, so the DPO
+    loss is −log σ(0) = log 2 exactly — here with a reference that DIFFERS from the policy (so the
+    log-ratios themselves are far from 0), through the stage's batcher and objective, cached and on the fly.
+    A real pair through the same path gives a loss ≠ log 2 (the check has teeth)."""
+    from posttrain.data.tokenize import encode_dataset
+    from posttrain.models.load import load_causal_lm
+
+    policy, tok = load_causal_lm(world["model"], device="cpu", dtype="fp64")
+    ref, _ = load_causal_lm(world["ref"], device="cpu", dtype="fp64")
+    rows = _pref_rows(6, 3)
+    same = [dict(r, rejected=r["chosen"]) for r in rows]
+    enc_same = encode_dataset(tok, same, "preference", max_len=48, max_prompt_len=24).examples
+    enc_real = encode_dataset(tok, rows, "preference", max_len=48, max_prompt_len=24).examples
+    spec = PREFERENCE_LOSSES["dpo"]
+    obj = dpo_stage.PreferenceObjective(spec, 0.1, ref_model=ref)
+    idx = list(range(6))
+    with torch.no_grad():
+        b = dpo_stage.PreferenceBatcher(enc_same, tok.pad_token_id, True, 48)(idx)
+        assert b["input_ids"].shape[0] == 12 and b["num_units"] == 6
+        loss, m = obj(policy, b, b["num_units"])
+        assert float(loss) == pytest.approx(math.log(2), rel=1e-12)
+        pl, _ = dpo_stage._sequence_logps(policy, b)
+        rl, _ = dpo_stage._sequence_logps(ref, b)
+        assert float((pl - rl).abs().min()) > 1e-2  # policy and reference really differ on every row
+        cached = dpo_stage.reference_logps(ref, enc_same, paired=True, pad_id=tok.pad_token_id, batch_size=5)
+        b2 = dpo_stage.PreferenceBatcher(enc_same, tok.pad_token_id, True, 48, cached)(idx)
+        loss2, _ = dpo_stage.PreferenceObjective(spec, 0.1)(policy, b2, b2["num_units"])
+        assert float(loss2) == pytest.approx(math.log(2), rel=1e-12)
+        b3 = dpo_stage.PreferenceBatcher(enc_real, tok.pad_token_id, True, 48)(idx)
+        loss3, _ = obj(policy, b3, b3["num_units"])
+        assert abs(float(loss3) - math.log(2)) > 1e-3
+
+
+def test_cached_reference_logps_equal_on_the_fly(world):
+    """The precomputed reference log-probs (length-sorted batches of 5) equal the per-batch on-the-fly ones
+    (the training batch layout) within float32 rounding, and sum the completion tokens only."""
+    from posttrain.data.tokenize import encode_dataset
+    from posttrain.models.load import load_causal_lm
+    from posttrain.models.logprobs import sequence_logprobs
+
+    ref, tok = load_causal_lm(world["ref"], device="cpu", dtype="fp32")
+    enc = encode_dataset(tok, _pref_rows(7, 5), "preference", max_len=48, max_prompt_len=24).examples
+    cached = dpo_stage.reference_logps(ref, enc, paired=True, pad_id=tok.pad_token_id, batch_size=5)
+    assert cached.shape == (7, 2)
+    for i, e in enumerate(enc):
+        for j, s in enumerate((e.chosen, e.rejected)):
+            ids = torch.tensor([s.input_ids])
+            with torch.no_grad():
+                lp = sequence_logprobs(ref, ids, torch.ones_like(ids))["logprobs"][0]
+            expect = float((lp * torch.tensor(s.loss_mask, dtype=lp.dtype)).sum())
+            assert float(cached[i, j]) == pytest.approx(expect, abs=2e-5)
+
+
+def test_cached_and_on_the_fly_training_give_the_same_weights(world, tmp_path):
+    """precompute_ref=true (cache) and false (reference forward every batch) train to the same weights:
+    the difference is float32 rounding (< 1e-5), far below how far the weights moved (> 3e-3; measured: 0.0 here, bit-identical)."""
+    a = tmp_path / "cached"
+    b = tmp_path / "fly"
+    sa = dpo_stage.run(_cfg(world, a, max_steps=6, precompute_ref=True))
+    sb = dpo_stage.run(_cfg(world, b, max_steps=6, precompute_ref=False))
+    assert sa["reference"]["precomputed"] and not sb["reference"]["precomputed"]
+    assert list((a / "ref_logps").iterdir()) and not (b / "ref_logps").exists()
+    wa, wb, w0 = _weights(a), _weights(b), _weights(world["dir"] / "tiny")
+    diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    moved = max(float((wa[k] - w0[k]).abs().max()) for k in wa)
+    assert diff < 1e-5 and moved > 3e-3, (diff, moved)
+    la = [r["loss"] for r in read_jsonl(a / "metrics.jsonl") if "loss" in r]
+    lb = [r["loss"] for r in read_jsonl(b / "metrics.jsonl") if "loss" in r]
+    assert la == pytest.approx(lb, abs=1e-5)
+
+
+def test_reference_cache_is_reused_on_resume_and_restart(world, tmp_path, monkeypatch):
+    """A run that dies after precomputing leaves the cache; resuming it (same config: the directory is
+    continued) and restarting it (another config, no checkpoint: the directory is cleared) both reuse the
+    cached log-probs instead of recomputing them; another reference model gets another key."""
+    from posttrain.engine import Trainer
+
+    real_fit = Trainer.fit
+
+    def crash(out, **kw):
+        def boom(self, *a, **k):
+            raise RuntimeError("killed")
+
+        monkeypatch.setattr(Trainer, "fit", boom)
+        with pytest.raises(RuntimeError, match="killed"):
+            dpo_stage.run(_cfg(world, out, **kw))
+        monkeypatch.setattr(Trainer, "fit", real_fit)
+        files = [f.name for f in (out / "ref_logps").iterdir()]
+        assert len(files) == 1 and files[0].startswith("train-")
+        return files
+
+    computed = []
+    real_ref = dpo_stage.reference_logps
+    monkeypatch.setattr(dpo_stage, "reference_logps", lambda *a, **k: computed.append(1) or real_ref(*a, **k))
+    a, b = tmp_path / "resume", tmp_path / "restart"
+    files = crash(a)
+    assert computed == [1]
+    s = dpo_stage.run(_cfg(world, a))                       # same config: continued
+    assert s["reference"]["cache_hits"] == ["train"] and computed == [1] and s["steps"] == 2
+    crash(b)
+    s = dpo_stage.run(_cfg(world, b, checkpoint_every=1))   # another config: cleared, cache written back
+    assert s["reference"]["cache_hits"] == ["train"] and computed == [1, 1]
+    assert [f.name for f in (b / "ref_logps").iterdir()] == files
+    s = dpo_stage.run(_cfg(world, tmp_path / "other", ref_model=world["ref"]))
+    assert s["reference"]["cache_hits"] == [] and computed == [1, 1, 1]
+
+
+def test_dpo_raises_preference_accuracy_and_margin(world, tmp_path):
+    """30 DPO steps on 32 synthetic pairs: the first step's loss is log 2 and accuracy ½ (policy = reference:
+    every margin is 0, ties count ½); at the end the held-out pairs are ranked correctly with a clear margin."""
+    out = tmp_path / "learn"
+    data = {"train": world["train"], "eval": world["eval"], "max_len": 48, "max_prompt_len": 24}
+    s = dpo_stage.run(_cfg(world, out, max_steps=30, data=data, lr=5e-4, beta=0.1))
+    recs = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert recs[0]["loss"] == pytest.approx(math.log(2), rel=1e-6)
+    assert recs[0]["accuracy"] == 0.5 and recs[0]["margin"] == 0.0
+    ev = s["eval"]
+    assert ev["accuracy"] == 1.0 and ev["margin"] > 1.0
+    assert ev["loss"] < 0.3
+    assert ev["rewards/chosen"] > ev["rewards/rejected"]
+
+
+def test_kto_batches_pair_each_prompt_with_the_next_completion(world):
+    """KTO batch: rows 0..B-1 are the labelled examples, row B+k is prompt k + completion k+1 (mod B)."""
+    from posttrain.data.tokenize import encode_dataset
+    from posttrain.models.load import load_tokenizer
+
+    tok = load_tokenizer(world["model"])
+    rows = [json.loads(line) for line in open(world["kto"])][:3]
+    enc = encode_dataset(tok, rows, "unpaired", max_len=48, max_prompt_len=24).examples
+    b = dpo_stage.PreferenceBatcher(enc, tok.pad_token_id, False, 48)([0, 1, 2])
+    assert b["input_ids"].shape[0] == 6 and b["labels"].tolist() == [r["label"] for r in rows]
+    for k in range(3):
+        p, c = enc[k].example, enc[(k + 1) % 3].example
+        expect = p.input_ids[:p.prompt_len] + c.input_ids[c.prompt_len:]
+        n = len(expect)
+        assert b["input_ids"][3 + k, :n].tolist() == expect
+        assert b["loss_mask"][3 + k, :n].tolist() == [0] * p.prompt_len + [1] * (n - p.prompt_len)
+        assert b["attention_mask"][3 + k].sum() == n
+
+
+def test_loss_settings_map_config_to_variant_kwargs():
+    assert dpo_stage.loss_settings(DPOConfig(loss="simpo")) == (2.0, {"gamma": 0.5})
+    assert dpo_stage.loss_settings(DPOConfig(loss="cdpo", beta=0.3, label_smoothing=0.2)) == (
+        0.3, {"label_smoothing": 0.2})
+    assert dpo_stage.loss_settings(DPOConfig(loss="ipo", ipo_length_average=False)) == (
+        0.1, {"length_average": False})
+    assert dpo_stage.loss_settings(DPOConfig(loss="kto", kto_undesirable_weight=1.5)) == (
+        0.1, {"desirable_weight": 1.0, "undesirable_weight": 1.5})
+
+
+# ------------------------------------------------------------------------------------ user errors
+def _cli(capsys, args) -> tuple[int, str]:
+    rc = main(args)
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("identical", ":3: 'chosen' and 'rejected' are identical"),
+    ("missing", ":2: column 'rejected' is missing"),
+])
+def test_bad_data_exits_2_with_one_line_and_no_output_dir(world, tmp_path, capsys, case, expected):
+    rows = _pref_rows(4, 1)
+    if case == "identical":
+        rows[2]["rejected"] = rows[2]["chosen"]
+    else:
+        del rows[1]["rejected"]
+    bad = _write(tmp_path / "bad.jsonl", rows)
+    out = tmp_path / "out"
+    rc, err = _cli(capsys, ["dpo", f"model={world['model']}", f"data.train={bad}", f"output_dir={out}",
+                            "progress=false"])
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert expected in err and str(bad) in err
+    assert not out.exists()
+
+
+def test_unknown_loss_and_kto_batch_of_one_are_config_errors(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, err = _cli(capsys, ["dpo", "--loss", "dpoo", f"model={world['model']}", f"data.train={world['train']}",
+                            f"output_dir={out}"])
+    assert rc == 2 and err.count("\n") == 1
+    assert "unknown preference loss 'dpoo' (did you mean 'dpo'?)" in err
+    assert all(name in err for name in PREFERENCE_LOSSES)
+    rc, err = _cli(capsys, ["dpo", "loss=kto", "batch_size=1", f"model={world['model']}",
+                            f"data.train={world['kto']}", f"output_dir={out}"])
+    assert rc == 2 and "needs batch_size >= 2" in err
+    rc, err = _cli(capsys, ["dpo", "model=./no/such/model", f"data.train={world['train']}", f"output_dir={out}"])
+    assert rc == 2 and err.strip() == "error: model './no/such/model': no such directory"
+    assert not out.exists()
+
+
+def test_kto_objective_uses_the_reference_point_of_the_shifted_pairs(world):
+    """The stage's KTO loss equals ``kto_loss`` evaluated by hand: z_0 = max(0, mean over the batch of
+    log π(y_{k+1}|x_k) − log π_ref(y_{k+1}|x_k)), each sequence scored on its own (float64)."""
+    from posttrain.data.tokenize import encode_dataset
+    from posttrain.losses import kto_loss
+    from posttrain.models.load import load_causal_lm
+    from posttrain.models.logprobs import sequence_logprobs
+
+    policy, tok = load_causal_lm(world["model"], device="cpu", dtype="fp64")
+    ref, _ = load_causal_lm(world["ref"], device="cpu", dtype="fp64")
+    rows = [json.loads(line) for line in open(world["kto"])][:4]
+    enc = encode_dataset(tok, rows, "unpaired", max_len=48, max_prompt_len=24).examples
+
+    def logp(model, ids, mask):
+        ids_t = torch.tensor([ids])
+        with torch.no_grad():
+            lp = sequence_logprobs(model, ids_t, torch.ones_like(ids_t))["logprobs"][0]
+        return float((lp * torch.tensor(mask, dtype=lp.dtype)).sum())
+
+    pol = [logp(policy, e.example.input_ids, e.example.loss_mask) for e in enc]
+    rf = [logp(ref, e.example.input_ids, e.example.loss_mask) for e in enc]
+    kl = []
+    for k in range(4):
+        ids, mask = dpo_stage._mismatched(enc[k].example, enc[(k + 1) % 4].example, 48)
+        kl.append(logp(policy, ids, mask) - logp(ref, ids, mask))
+    z0 = max(0.0, sum(kl) / 4)
+    labels = torch.tensor([e.label for e in enc])
+    expect, _ = kto_loss(torch.tensor(pol, dtype=torch.float64), torch.tensor(rf, dtype=torch.float64), labels,
+                         beta=0.1, reference_point=z0)
+    b = dpo_stage.PreferenceBatcher(enc, tok.pad_token_id, False, 48)([0, 1, 2, 3])
+    loss, m = dpo_stage.PreferenceObjective(PREFERENCE_LOSSES["kto"], 0.1, ref_model=ref)(policy, b, 4.0)
+    assert float(loss.detach()) == pytest.approx(float(expect), rel=1e-9)
+    assert float(m["kl"]) == pytest.approx(z0, abs=1e-9)
+    cached = dpo_stage.reference_logps(ref, enc, paired=False, pad_id=tok.pad_token_id, batch_size=3)
+    assert cached.tolist() == pytest.approx(rf, abs=1e-4)  # float32 cache of the same numbers
