@@ -11,8 +11,9 @@ ones (step end to step end, so data collation counts). The best round of each si
 disturbed one on a shared machine) together with the median.
 
 Variants: posttrain with its default cached reference log-probs (``precompute_ref=true``, the reference is
-run once over the dataset before training) and on the fly (``precompute_ref=false``, a reference forward per
-step like TRL's default); TRL with its default (``precompute_ref_log_probs=False``) and with
+run once over the dataset before training), the same with ``share_prompt=true`` (each pair's prompt computed
+once: one ``[B, P+C+R]`` forward with a 4-D mask), and on the fly (``precompute_ref=false``, a reference
+forward per step like TRL's default); TRL with its default (``precompute_ref_log_probs=False``) and with
 ``precompute_ref_log_probs=True`` (its fastest setting). The one-off precompute cost is reported separately.
 
 TRL runs in its own virtual environment ``benchmarks/.env-trl`` (gitignored; created on first use under an
@@ -140,7 +141,7 @@ def worker_posttrain(args) -> dict:
     cfg = DPOConfig(model=args.model_dir, data={"train": args.data, "max_len": 256, "max_prompt_len": 128},
                     output_dir=str(out), max_steps=total, batch_size=args.batch, lr=args.lr, beta=0.1, loss="dpo",
                     dtype="fp32", device="cpu", precompute_ref=args.precompute, progress=False, sample_prompts=0,
-                    log_every=1, seed=0, ref_batch_size=64)
+                    log_every=1, seed=0, ref_batch_size=64, share_prompt=args.share_prompt)
     t0 = time.perf_counter()
     summary = run(cfg)
     wall = time.perf_counter() - t0
@@ -148,7 +149,8 @@ def worker_posttrain(args) -> dict:
     step_times = [1.0 / r["steps_per_s"] for r in recs]
     timed = step_times[args.warmup:]
     tokens = recs[-1]["tokens"]
-    res = {"side": "posttrain", "precompute": args.precompute, "steps_per_s": len(timed) / sum(timed),
+    res = {"side": "posttrain", "precompute": args.precompute, "share_prompt": args.share_prompt,
+           "steps_per_s": len(timed) / sum(timed), "mfu_engine": recs[-1].get("mfu"),
            "tokens_per_step": tokens, "wall_s": wall, "ref_precompute_s": summary["reference"]["time_s"],
            "final_loss": summary["final_loss"], "peak_flops": measure_peak_flops(torch.device("cpu")),
            "threads": torch.get_num_threads()}
@@ -200,8 +202,8 @@ def worker_trl(args) -> dict:
     wall = time.perf_counter() - t0
     deltas = [b - a for a, b in zip(stamps, stamps[1:])]
     timed = deltas[args.warmup:]
-    n_prompt = len(first.get("prompt_input_ids", []))
-    n_c = len(first.get("chosen_input_ids", []))
+    n_prompt = len(first.get("prompt_input_ids", first.get("prompt_ids", [])))
+    n_c = len(first.get("chosen_input_ids", first.get("chosen_ids", [])))
     res = {"side": "trl", "precompute": args.precompute, "steps_per_s": len(timed) / sum(timed), "wall_s": wall,
            "init_s": t_init, "gradient_checkpointing": ckpt, "threads": torch.get_num_threads(),
            "tokens_first_row": [n_prompt, n_c], "columns": sorted(first.keys())}
@@ -269,10 +271,10 @@ def worker_profile(args) -> dict:
 
 
 # --------------------------------------------------------------------------------------- driver
-def _run_worker(python: str, which: str, args, fx: dict, precompute: bool) -> dict:
+def _run_worker(python: str, which: str, args, fx: dict, precompute: bool, share: bool = False) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", which, "--model-dir", fx["model"], "--data",
            fx["data"], "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
-           "--lr", str(args.lr)] + (["--precompute"] if precompute else [])
+           "--lr", str(args.lr)] + (["--precompute"] if precompute else []) + (["--share-prompt"] if share else [])
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if which != "trl":
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -299,6 +301,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model-dir")
     ap.add_argument("--data")
     ap.add_argument("--precompute", action="store_true")
+    ap.add_argument("--share-prompt", action="store_true")
     args = ap.parse_args(argv)
     if args.worker:
         fn = {"posttrain": worker_posttrain, "trl": worker_trl, "profile": worker_profile}[args.worker]
@@ -308,44 +311,52 @@ def main(argv=None) -> int:
     fx = prepare(args)
     trl_py = None if args.skip_trl else str(ensure_trl_env())
     me = sys.executable
-    variants = [("posttrain", me, True), ("posttrain", me, False)]
+    # (label, side, python, precompute reference, share prompt)
+    variants = [("posttrain (default)", "posttrain", me, True, False),
+                ("posttrain share_prompt", "posttrain", me, True, True),
+                ("posttrain on the fly", "posttrain", me, False, False)]
     if trl_py:
-        variants += [("trl", trl_py, False), ("trl", trl_py, True)]
-    results: dict[tuple[str, bool], list[dict]] = {(w, p): [] for w, _, p in variants}
+        variants += [("TRL (default)", "trl", trl_py, False, False),
+                     ("TRL precompute_ref_log_probs", "trl", trl_py, True, False)]
+    results: dict[str, list[dict]] = {v[0]: [] for v in variants}
     print(f"model {args.model}: {fx['params'] / 1e6:.2f}M params ({fx['matmul_params'] / 1e6:.2f}M in matmuls); "
           f"batch {args.batch} pairs x ({args.prompt_len} + {args.completion_len}) tokens; "
           f"{args.rounds} rounds x {args.steps} timed steps", flush=True)
     for rnd in range(args.rounds):
-        for which, py, pre in variants:
-            res = _run_worker(py, which, args, fx, pre)
-            results[(which, pre)].append(res)
-            print(f"  round {rnd + 1}: {which:9s} precompute={str(pre):5s} {res['steps_per_s']:6.2f} steps/s",
-                  flush=True)
+        for label, which, py, pre, share in variants:
+            res = _run_worker(py, which, args, fx, pre, share)
+            results[label].append(res)
+            print(f"  round {rnd + 1}: {label:30s} {res['steps_per_s']:6.2f} steps/s", flush=True)
     best = {k: max(r["steps_per_s"] for r in v) for k, v in results.items()}
     med = {k: statistics.median(r["steps_per_s"] for r in v) for k, v in results.items()}
-    p0 = results[("posttrain", True)][0]
-    tokens = p0["tokens_per_step"]
-    peak = p0["peak_flops"]
-    print("\n| side | reference log-probs | steps/s (best) | steps/s (median) | ms/step | MFU |")
+    p0 = results["posttrain (default)"][0]
+    tokens = 2 * args.batch * (args.prompt_len + args.completion_len)
+    peak = max(r["peak_flops"] for k, v in results.items() for r in v if "peak_flops" in r)
+    print(f"\n| variant | reference log-probs | steps/s (best of {args.rounds}) | steps/s (median) | ms/step | "
+          f"MFU |")
     print("|---|---|---|---|---|---|")
-    for (which, pre), _ in results.items():
-        sps = best[(which, pre)]
+    for label, which, _, pre, share in variants:
+        sps = best[label]
         mfu = 6 * fx["matmul_params"] * tokens * sps / peak
-        print(f"| {which} | {'precomputed' if pre else 'on the fly'} | {sps:.2f} | {med[(which, pre)]:.2f} | "
+        print(f"| {label} | {'precomputed' if pre else 'on the fly'} | {sps:.2f} | {med[label]:.2f} | "
               f"{1000 / sps:.0f} | {100 * mfu:.1f}% |")
-    print(f"\ntokens/step {tokens}; measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s; MFU counts 6·N·tokens "
-          f"(policy forward + backward only; an on-the-fly reference forward is extra work not counted)")
+    print(f"\nMFU = 6·N·tokens/s / peak, N = {fx['matmul_params'] / 1e6:.2f}M matmul params, {tokens} tokens/step "
+          f"(2B sequences of prompt + completion; share_prompt processes {tokens - args.batch * args.prompt_len} "
+          f"but is credited the same useful work); measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s. An on-the-fly "
+          f"reference forward is extra work not counted.")
     print(f"posttrain one-off reference precompute over {N_ROWS} pairs: {p0['ref_precompute_s']:.2f} s")
     if trl_py:
-        t_def, t_pre = best[("trl", False)], best[("trl", True)]
-        ours = best[("posttrain", True)]
-        print(f"ratio posttrain (default, cached reference) / TRL default: {ours / t_def:.2f}x; "
-              f"/ TRL precompute_ref_log_probs=True: {ours / t_pre:.2f}x")
-        print(f"like for like: posttrain on the fly / TRL default: {best[('posttrain', False)] / t_def:.2f}x; "
-              f"cached / TRL cached: {ours / t_pre:.2f}x")
-        tr = results[("trl", False)][0]
+        ours = best["posttrain (default)"]
+        for lab in ("TRL (default)", "TRL precompute_ref_log_probs"):
+            print(f"posttrain default / {lab}: {ours / best[lab]:.2f}x; share_prompt / {lab}: "
+                  f"{best['posttrain share_prompt'] / best[lab]:.2f}x")
+        print(f"like for like (both on the fly): {best['posttrain on the fly'] / best['TRL (default)']:.2f}x")
+        tr = results["TRL (default)"][0]
         print(f"TRL: gradient checkpointing {tr['gradient_checkpointing']}, threads {tr['threads']}, first row "
-              f"prompt/chosen tokens {tr['tokens_first_row']}")
+              f"prompt/chosen tokens {tr['tokens_first_row']}, columns {tr['columns']}")
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "results.json").write_text(json.dumps({"results": results, "best": best, "median": med,
+                                                   "args": vars(args), "fixture": fx}, indent=1))
     if args.profile:
         prof = _run_worker(me, "profile", args, fx, True)
         print("\nposttrain step phases (median ms):", json.dumps({k: round(v, 1) for k, v in prof["phase_ms"].items()}))

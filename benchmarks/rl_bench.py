@@ -150,6 +150,8 @@ def run_posttrain(algo: str, fx: dict, args) -> dict:
               "lr=1e-5", "max_grad_norm=1.0", f"generation.max_new_tokens={args.new_tokens}",
               "generation.temperature=1.0", f"data.max_prompt_len={args.prompt_len + 8}", "progress=false",
               "sample_every=0", "dtype=fp32", "device=cpu", "gold_metric=false", "seed=0"]
+    if args.threads:
+        common.append(f"num_threads={args.threads}")
     if algo == "ppo":
         extra = ["algo=ppo", f"reward=rm:{fx['rm']}", "prompts_per_step=8", "group_size=1", "ppo_epochs=4",
                  "minibatch_size=8", "batch_size=8", "beta=0.05", "vf_coef=0.1", "lam=0.95"]
@@ -192,6 +194,9 @@ def _clock():
 def trl_worker(algo: str, fx: dict, args) -> dict:
     """Runs in the TRL venv (imports only torch / transformers / datasets / trl)."""
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -244,8 +249,11 @@ def run_trl(algo: str, fx: dict, args) -> dict:
     cmd = [str(py), str(Path(__file__).resolve()), "--worker", algo, "--fixtures", json.dumps(fx),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
            "--group", str(args.group), "--new-tokens", str(args.new_tokens), "--beta", str(args.beta),
-           "--prompt-len", str(args.prompt_len)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+           "--prompt-len", str(args.prompt_len)] + (["--threads", str(args.threads)] if args.threads else [])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode != 0 or not lines:
         raise SystemExit(f"TRL {algo} worker failed (rc={r.returncode}):\n{r.stderr[-3000:]}")
@@ -265,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--beta", type=float, default=0.04)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads on both sides (default: torch's choice, i.e. the cores)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--fixtures", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(HERE / "results" / "rl_bench.json"))
@@ -284,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_env(PEER_ENV[a])
     fx = prepare(args)
     print(f"preset:{args.preset}; prompts {args.prompt_len} tokens; {args.new_tokens} new tokens; "
-          f"{torch.get_num_threads()} threads; steps {args.steps} (warmup {args.warmup}); rounds {args.rounds}",
+          f"{args.threads or torch.get_num_threads()} threads; steps {args.steps} (warmup {args.warmup}); rounds {args.rounds}",
           flush=True)
     results: dict[str, dict[str, list]] = {a: {"posttrain": [], "trl": []} for a in algos}
     for rnd in range(args.rounds):

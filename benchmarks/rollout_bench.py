@@ -4,7 +4,7 @@ Sampling (temperature 1, no top-k / top-p), fp32, random prompts of ``--prompt-l
 (both sides generate exactly ``new`` tokens per row, so the work is identical). Models are random-init
 Llama-shaped presets: ``tiny`` (~0.26M params) and ``small`` (~4.7M) — the shapes of
 ``posttrain.models.presets`` with a 512-token vocabulary. Each cell is the best of ``--repeats`` runs after a
-warm-up, so the numbers are robust to other load on the machine.
+warm-up, the two sides interleaved, so both see the same background load.
 
     python benchmarks/rollout_bench.py                       # CPU, batch 8/32, 32/64 new tokens
     python benchmarks/rollout_bench.py --device cuda --models tiny,small,qwen2-0.5b
@@ -46,16 +46,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_best(fn, repeats: int, device: str) -> float:
-    fn()  # warm-up
-    best = float("inf")
+def time_pair(fn_a, fn_b, repeats: int, device: str) -> tuple[float, float]:
+    """Best wall time of each of two functions, runs interleaved (a, b, a, b, ...) after one warm-up each, so
+    both see the same background load."""
+    fn_a(), fn_b()
+    best = [float("inf"), float("inf")]
     for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+        for k, fn in enumerate((fn_a, fn_b)):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best[0], best[1]
 
 
 def main(argv=None) -> None:
@@ -102,8 +105,7 @@ def main(argv=None) -> None:
                                              pad_token_id=0, eos_token_id=None)
                     assert out.shape == (B, args.prompt_len + new)
 
-                t_ours = time_best(ours, args.repeats, args.device)
-                t_hf = time_best(hf, args.repeats, args.device)
+                t_ours, t_hf = time_pair(ours, hf, args.repeats, args.device)
                 tps_ours, tps_hf = B * new / t_ours, B * new / t_hf
                 print(f"{name:<11} {n_params / 1e6:>6.2f}M {B:>5} {new:>4} {backend:>7} "
                       f"{tps_ours:>15,.0f} {tps_hf:>9,.0f} {tps_ours / tps_hf:>5.2f}x", flush=True)

@@ -14,8 +14,9 @@ tokens + eos (so every step processes 8 × 64 = 512 tokens), batch 8, no accumul
 lr 1e-4 (linear decay, no warmup), clipping at 1.0, loss on completion tokens only, no activation
 checkpointing, no packing, no evaluation or checkpointing during the timed steps. TRL runs with its fastest
 CPU settings (bf16=False, use_cpu=True, gradient/activation checkpointing off, its default fused AdamW,
-logging once at the end). The two trainers run alternately (``--rounds`` times each) in one process, so
-machine load affects both alike.
+logging once at the end). A third side, ``torch``, is a bare PyTorch loop over the same kind of batches
+(the compute floor: what is left when no framework is involved). The sides run alternately (``--rounds``
+times each) in one process, so machine load affects all of them alike.
 
 Timing: the steady state, i.e. the wall time between the end of step ``--warmup`` and the end of the last
 step (data collation, forward, backward, clipping and the optimizer step included; model loading,
@@ -91,7 +92,7 @@ def run_posttrain(model_dir: str, data_file: str, out: Path, args) -> dict:
                     output_dir=str(out), max_steps=args.steps, batch_size=args.batch, grad_accum=1, lr=1e-4,
                     lr_schedule="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, log_every=1,
                     progress=False, sample_prompts=0, dtype="fp32", device="cpu", seed=0,
-                    completion_only_loss=True)
+                    completion_only_loss=True, num_threads=args.threads)
     t0 = time.perf_counter()
     summary = run(cfg)
     wall = time.perf_counter() - t0
@@ -135,6 +136,38 @@ def run_trl(model_dir: str, rows: list[dict], tok, out: Path, args) -> dict:
             "final_loss": logs[-1]["loss"] if logs else None, "wall_s": wall}
 
 
+def run_floor(model_dir: str, rows: list[dict], tok, out: Path, args) -> dict:
+    """The compute floor: a bare PyTorch loop over the same batches (forward, masked token-mean NLL,
+    backward, clipping, fused AdamW) with no framework around it; shows what each framework adds."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.data.collate import collate_lm
+    from posttrain.data.tokenize import encode_example
+
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
+    enc = [encode_example(tok, r["prompt"], r["completion"], max_len=args.prompt + args.completion + 8)
+           for r in rows]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
+    g = torch.Generator().manual_seed(0)
+    ends = []
+    for step in range(args.steps):
+        idx = torch.randint(len(enc), (args.batch,), generator=g).tolist()
+        b = collate_lm([enc[i] for i in idx], tok.pad_token_id)
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+        lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, b["input_ids"][:, 1:, None])[..., 0]
+        m = b["loss_mask"][:, 1:].float()
+        loss = -(lp * m).sum() / m.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ends.append(time.perf_counter())
+    return {"steps_per_s": steady(ends, args.warmup), "tokens_per_step": int(b["attention_mask"].sum()),
+            "final_loss": float(loss.detach()), "wall_s": time.perf_counter() - t0}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="small")
@@ -145,12 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--completion", type=int, default=31, help="completion tokens before eos")
     ap.add_argument("--rows", type=int, default=512)
-    ap.add_argument("--only", choices=["posttrain", "trl"], default=None)
+    ap.add_argument("--only", choices=["posttrain", "trl", "torch"], default=None)
+    ap.add_argument("--no-floor", action="store_true", help="skip the bare-PyTorch reference loop")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sft_bench.json"))
     args = ap.parse_args(argv)
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from posttrain.engine import measure_peak_flops
     from posttrain.engine.trainer import matmul_params
     from posttrain.io import atomic_write_json
@@ -171,13 +208,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(rows)} rows of {args.prompt}+{args.completion}+eos tokens; batch {args.batch}; "
           f"{torch.get_num_threads()} threads; measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
 
-    results: dict[str, list[dict]] = {"posttrain": [], "trl": []}
-    sides = [args.only] if args.only else ["posttrain", "trl"]
+    results: dict[str, list[dict]] = {"posttrain": [], "trl": [], "torch": []}
+    sides = [args.only] if args.only else ["posttrain", "trl"] + ([] if args.no_floor else ["torch"])
     for r in range(args.rounds):
         for side in sides:
             out = work / f"{side}-{r}"
-            res = (run_posttrain(str(work / "model"), str(data_file), out, args) if side == "posttrain"
-                   else run_trl(str(work / "model"), rows, tok, out, args))
+            if side == "posttrain":
+                res = run_posttrain(str(work / "model"), str(data_file), out, args)
+            elif side == "trl":
+                res = run_trl(str(work / "model"), rows, tok, out, args)
+            else:
+                res = run_floor(str(work / "model"), rows, tok, out, args)
             res["tokens_per_s"] = res["steps_per_s"] * res["tokens_per_step"]
             res["mfu"] = 6 * n_matmul * res["tokens_per_s"] / peak
             results[side].append(res)
@@ -192,11 +233,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.steps} steps, first {args.warmup} excluded)")
     for s, m in med.items():
         print(f"{s:10s} {m['steps_per_s']:8.2f} {m['tokens_per_s']:8.0f} {100 * m['mfu']:6.2f}% {m['wall_s']:7.1f}")
-    if len(med) == 2:
+    if "posttrain" in med and "trl" in med:
         ratio = med["posttrain"]["steps_per_s"] / med["trl"]["steps_per_s"]
         print(f"posttrain / TRL: {ratio:.2f}x steps/s (target >= 1.5x); wall-time ratio "
               f"{med['trl']['wall_s'] / med['posttrain']['wall_s']:.2f}x")
         med["ratio_steps_per_s"] = ratio
+    if "torch" in med:
+        for side in ("posttrain", "trl"):
+            if side in med:
+                print(f"{side} at {100 * med[side]['steps_per_s'] / med['torch']['steps_per_s']:.0f}% of the bare-PyTorch "
+                      f"loop's steps/s")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, {"args": vars(args), "peak_flops": peak, "params": n_params,
                                  "matmul_params": n_matmul, "rounds": results, "median": med})

@@ -186,6 +186,9 @@ class DPOConfig(StageConfig):
                                                    "run dir (false: on the fly)")
     ref_batch_size: int = Field(32, ge=1, description="sequences per forward when precomputing reference "
                                                       "log-probs")
+    share_prompt: bool = Field(False, description="compute each pair's prompt once: one [B, P+C+R] forward "
+                                                  "with a 4-D mask instead of [2B, P+C] (same log-probs, "
+                                                  "fewer tokens)")
     sample_prompts: int = Field(4, ge=0, description="sample generations on N eval prompts at the end")
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(temperature=0.0),
                                          description="sample generations")
@@ -271,6 +274,11 @@ class RLConfig(StageConfig):
     missing_eos_penalty: float | None = Field(None, description="reward added when a completion hits the "
                                                                 "length limit without EOS")
     ref_model: str | None = Field(None, description="reference model (default: the initial policy)")
+    recompute_logprobs: bool | None = Field(
+        None, description="recompute the sampling policy's log-probs with a forward pass after sampling (null: "
+                          "only when a rollout feeds more than one update; with one on-policy update the loss's "
+                          "own forward is the sampling policy, π_old = sg(π_θ) exactly, and KL-in-reward uses the "
+                          "sampler's log-probs)")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="rollout sampling")
     sample_every: int = Field(10, ge=0, description="log sample completions every N steps (0 = off)")
     gold_metric: bool | None = Field(
@@ -323,6 +331,10 @@ class RLConfig(StageConfig):
     def updates_per_step(self) -> int:
         """Optimizer steps per rollout step (``ppo_epochs × rollout_size / minibatch_size``)."""
         return self.ppo_epochs * (self.rollout_size // self.resolved_minibatch_size)
+
+    @property
+    def resolved_recompute_logprobs(self) -> bool:
+        return self.updates_per_step > 1 if self.recompute_logprobs is None else self.recompute_logprobs
 
     @property
     def resolved_kl_mode(self) -> str:

@@ -368,3 +368,21 @@ def test_sampler_frequencies_and_logprobs():
     freq = torch.bincount(tok, minlength=4).double() / n
     assert (freq - q.double()).abs().max() < 4 * math.sqrt(0.25 / n)
     assert torch.allclose(lp, q.log()[tok], atol=1e-6)
+
+
+def test_rollout_tensors_work_in_autograd(model):
+    """The sampler runs in inference mode, but a training step must be able to use its tensors (embedding
+    indices and masks are saved for backward); under the caller's own inference_mode they stay inference
+    tensors (no copy)."""
+    r = generate(model, PROMPTS, max_new_tokens=4, stop_token_ids=[], pad_token_id=PAD,
+                 generator=torch.Generator().manual_seed(0))
+    assert not any(t.is_inference() for t in (r.input_ids, r.attention_mask, r.completion_mask, r.logprobs))
+    out = model(input_ids=r.input_ids, attention_mask=r.attention_mask, position_ids=r.position_ids).logits
+    lp = out[:, :-1].log_softmax(-1).gather(-1, r.input_ids[:, 1:, None]).squeeze(-1)
+    ratio = (lp - r.logprobs[:, 1:]).exp()
+    (ratio * r.completion_mask[:, 1:]).sum().backward()
+    assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    with torch.inference_mode():
+        r2 = generate(model, PROMPTS, max_new_tokens=2, stop_token_ids=[], pad_token_id=PAD)
+    assert r2.input_ids.is_inference()

@@ -295,6 +295,10 @@ def _figure_divs(figs: list[dict], prefix: str, registry: list[tuple[str, dict]]
     return "<div class='figs'>" + "".join(out) + "</div>" if out else "<p class='muted'>no metrics logged</p>"
 
 
+EVAL_COLUMNS = ("gold", "win_rate", "kl", "kl_k3", "length", "finished", "helpful", "correct", "fact/helpful",
+                "fact/correct", "emotional/warmth", "howto/structured", "howto/list", "arith/exact_match",
+                "reason/exact_match", "reason/format")
+
 STAGE_KEY_METRICS = ("final_loss", "eval.loss", "eval.accuracy", "eval.gold_agreement", "eval.margin",
                      "final_reward_mean", "final_gold_mean", "final_kl", "final_response_length",
                      "selected", "pairs", "accuracy", "gold", "win_rate", "kl")
@@ -321,15 +325,13 @@ def _recipe_section(recipe: dict, registry: list) -> str:
         if _finite(total):
             parts.append(f"<p class='muted'>total {_fmt(total)} s</p>")
     evals = recipe.get("evals") or {}
+    order = [m for m in recipe.get("eval_models") or [] if m in evals] + \
+        [m for m in evals if m not in (recipe.get("eval_models") or [])]
     if evals:
-        models = list(evals)
-        cols = ["gold", "win_rate", "kl", "length"]
-        extra = sorted({k for m in evals.values() for k in m if "/" in k and k.split("/")[0] in
-                        ("fact", "emotional", "howto", "arith", "reason") and not k.endswith(("/n", "/words",
-                                                                                              "/drift"))})
-        cols += [k for k in extra if k not in cols]
-        others = sorted({k for m in evals.values() for k in m if k.startswith("reward/")})
-        cols += others
+        models = order
+        present = {k for m in evals.values() for k in m}
+        cols = [c for c in EVAL_COLUMNS if c in present]
+        cols += sorted(k for k in present if k.startswith(("reward/", "win_rate/")))
         head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
         body = "".join("<tr><th>" + _esc(m) + "</th>" + "".join(
             f"<td>{_esc(_fmt(evals[m].get(c))) if c in evals[m] else ''}</td>" for c in cols) + "</tr>"
@@ -345,7 +347,8 @@ def _recipe_section(recipe: dict, registry: list) -> str:
                                                        "√KL", "gold", lines=False)], "recipe", registry))
     comparison = recipe.get("comparison") or []
     if comparison:
-        models = list(comparison[0].get("completions", {}))
+        first = comparison[0].get("completions", {})
+        models = [m for m in order if m in first] + [m for m in first if m not in order]
         head = "".join(f"<th>{_esc(m)}</th>" for m in models)
         body = ""
         for row in comparison:

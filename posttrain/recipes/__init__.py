@@ -46,7 +46,8 @@ __all__ = ["RecipeConfig", "RecipeStage", "EvalSettings", "Check", "STAGE_COMMAN
 RECIPES_DIR = Path(__file__).resolve().parent
 BUILTIN = ("instructgpt", "tulu3", "r1")
 
-# command -> (config class, run function, where the stage's policy lives: "run" | "sft" (RUN/sft) | None)
+# command -> (config class, run function, whether the stage makes a policy at RUN/model: "run" (always),
+# "train" (when its config has train=true), None (never))
 STAGE_COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "pretrain": ("posttrain.config:PretrainConfig", "posttrain.stages.pretrain:run", "run"),
     "sft": ("posttrain.config:SFTConfig", "posttrain.stages.sft:run", "run"),
@@ -55,7 +56,7 @@ STAGE_COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "preference-data": ("posttrain.config:PreferenceDataConfig", "posttrain.stages.dpo:preference_data", None),
     "rl": ("posttrain.config:RLConfig", "posttrain.stages.rl:run", "run"),
     "rejection-sampling": ("posttrain.config:RejectionSamplingConfig", "posttrain.stages.rejection_sampling:run",
-                           "sft"),
+                           "train"),
     "best-of-n": ("posttrain.config:BestOfNConfig", "posttrain.stages.rejection_sampling:best_of_n", None),
     "select-data": ("posttrain.recipes.steps:SelectDataConfig", "posttrain.recipes.steps:select_data", None),
 }
@@ -142,6 +143,8 @@ class RecipeConfig(_Block):
     eval: EvalSettings = Field(default_factory=EvalSettings, description="evaluation of the policies")
     checks: list[Check] = Field(default_factory=list, description="acceptance checks on the evaluation")
     report: bool = Field(True, description="write OUTPUT_DIR/report.html at the end")
+    rerun_from: str | None = Field(None, description="delete this stage's run directory and every later "
+                                                     "stage's before running (to redo them with a new config)")
 
     @model_validator(mode="after")
     def _unique(self) -> "RecipeConfig":
@@ -152,6 +155,8 @@ class RecipeConfig(_Block):
         clash = next((n for n in names if n in self.vars), None)
         if clash:
             raise ValueError(f"'{clash}' is both a stage name and a var")
+        if self.rerun_from is not None and self.rerun_from not in names:
+            raise ValueError(f"rerun_from: '{self.rerun_from}' is not a stage ({', '.join(names)})")
         return self
 
     @property
@@ -333,7 +338,7 @@ KEY_METRICS = {
     "dpo": ("final_loss", "final_accuracy", "final_margin", "eval.accuracy", "eval.margin"),
     "preference-data": ("pairs", "ties_dropped", "gap.mean"),
     "rl": ("final_reward_mean", "final_gold_mean", "final_kl", "final_response_length"),
-    "rejection-sampling": ("selected", "score_all.mean", "score_selected.mean"),
+    "rejection-sampling": ("selected", "scores.mean", "selected_scores.mean", "selected_gold.mean"),
     "best-of-n": (),
     "select-data": ("rows",),
 }
@@ -360,12 +365,9 @@ def policy_dir(st: RecipeStage, cfg: BaseModel) -> Path | None:
     where = STAGE_COMMANDS[st.command][2]
     if st.evaluate is False or where is None:
         return None
-    run_dir = Path(cfg.output_dir)
-    if where == "sft":
-        if not getattr(cfg, "train", True):
-            return None
-        return run_dir / "sft"
-    return run_dir
+    if where == "train" and not getattr(cfg, "train", True):
+        return None
+    return Path(cfg.output_dir)
 
 
 class _Log:
@@ -413,6 +415,15 @@ def run_recipe(recipe: RecipeConfig, *, allow_missing: bool = False, quiet: bool
         raise UserError(f"recipe '{recipe.name}': stage '{st.name}' needs `posttrain {st.command}`, which is "
                         f"not available in this version yet")
     out.mkdir(parents=True, exist_ok=True)
+    if recipe.rerun_from is not None:
+        import shutil
+
+        first = [st.name for st, _ in resolved].index(recipe.rerun_from)
+        for st, cfg in resolved[first:]:
+            run_dir = Path(cfg.output_dir)
+            if run_dir.is_dir() and ((run_dir / "config.yaml").is_file() or not any(run_dir.iterdir())):
+                log(f"rerun_from={recipe.rerun_from}: deleting {run_dir}")
+                shutil.rmtree(run_dir)
     state: dict[str, Any] = {"name": recipe.name, "description": recipe.description, "output_dir": str(out),
                              "world": names["world"], "stages": [], "missing": [], "evals": {}, "checks": [],
                              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -455,9 +466,14 @@ def run_recipe(recipe: RecipeConfig, *, allow_missing: bool = False, quiet: bool
         t0 = time.time()
         try:
             summary = fn(cfg) or {}
-        except BaseException:
+        except BaseException as err:
             entry.update(status="failed", seconds=round(time.time() - t0, 1))
             _write_state(out, state)
+            from posttrain.engine.run import RunDirError
+
+            if isinstance(err, RunDirError):
+                raise RunDirError(f"recipe '{recipe.name}', stage '{st.name}': {err} (or redo it and the stages "
+                                  f"after it: rerun_from={st.name})") from None
             raise
         entry.update(status="done", seconds=round(time.time() - t0, 1),
                      key_metrics=key_metrics(st.command, summary))
@@ -526,7 +542,10 @@ def format_summary(state: dict) -> str:
         cols = [c for c in EVAL_COLUMNS if any(c in m for m in evals.values())]
         cols += sorted({k for m in evals.values() for k in m if k.startswith("reward/")})
         rows = [["model", *cols]]
-        for name, m in evals.items():
+        order = [n for n in state.get("eval_models") or [] if n in evals] + \
+            [n for n in evals if n not in (state.get("eval_models") or [])]
+        for name in order:
+            m = evals[name]
             rows.append([name, *[_fmt(round(m[c], 3)) if isinstance(m.get(c), (int, float)) else "" for c in cols]])
         lines += ["", f"evaluation ({state.get('eval_note', '')})", _table(rows)]
     for c in state.get("checks") or []:

@@ -47,7 +47,9 @@ def _prompt_text(prompt) -> str:
 def format_comparison(state: dict, width: int = 100) -> str:
     """The side-by-side answers and the metrics table of a finished recipe state."""
     lines: list[str] = []
-    models = list(state.get("evals") or {})
+    evals = state.get("evals") or {}
+    models = [m for m in state.get("eval_models") or [] if m in evals] + \
+        [m for m in evals if m not in (state.get("eval_models") or [])]
     comparison = state.get("comparison") or []
     if comparison:
         lines += ["", "=" * width, "The same prompts, answered by each model (one sample, temperature 1)", "=" * width]
@@ -59,7 +61,6 @@ def format_comparison(state: dict, width: int = 100) -> str:
                 wrapped = textwrap.wrap(text, width=max(20, width - label_w - 2)) or [""]
                 lines.append(f"  {LABELS.get(m, m):<{label_w}}{wrapped[0]}")
                 lines += [f"  {'':<{label_w}}{w}" for w in wrapped[1:]]
-    evals = state.get("evals") or {}
     if evals:
         base = state.get("eval_baseline", "sft")
         ref = state.get("eval_reference", "sft")

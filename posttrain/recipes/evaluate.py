@@ -146,5 +146,5 @@ def evaluate_recipe(recipe, finished: list, names: dict[str, str], *, log: Calla
     note = (f"{len(rows)} held-out prompts × {G} sample(s), temperature {s.generation.temperature:g}, "
             f"{s.generation.max_new_tokens} new tokens; win rate (gold, ties ½) vs {baseline}; "
             f"KL(π ‖ {reference}) per sequence")
-    return {"evals": evals, "comparison": comparison, "eval_note": note, "eval_reference": reference,
+    return {"evals": evals, "eval_models": [n for n, _ in models], "comparison": comparison, "eval_note": note, "eval_reference": reference,
             "eval_baseline": baseline, "eval_seconds": round(time.time() - t0, 1)}

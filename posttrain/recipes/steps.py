@@ -78,10 +78,11 @@ def select_data(cfg: SelectDataConfig) -> dict:
             kept.append(r)
             if inp.max_rows is not None and len(kept) >= inp.max_rows:
                 break
-        if not kept:
-            raise DataError(f"select-data: input {k + 1} keeps no row (families {inp.families})", file=inp.path)
         per_input.append({"path": inp.path, "rows": len(rows), "kept": len(kept)})
         selected += kept
+    if not selected:
+        raise DataError("select-data: the inputs keep no row (check families / exclude_families)",
+                        file=cfg.inputs[0].path)
     if cfg.shuffle:
         random.Random(cfg.seed).shuffle(selected)
     run = Run.open(cfg, "select-data")
@@ -94,10 +95,13 @@ def select_data(cfg: SelectDataConfig) -> dict:
     out = Path(run.path) / "data.jsonl"
     write_jsonl(out, selected)
     summary = {"stage": "select-data", "rows": len(selected), "inputs": per_input, "families": families,
-               "data": str(out), "with_answer": sum(1 for r in selected if "answer" in r)}
+               "data": str(out), "with_answer": sum(1 for r in selected if "answer" in r),
+               "empty_inputs": [i["path"] for i in per_input if i["kept"] == 0]}
     run.write_summary(summary)
     run.mark_done()
     if cfg.progress:
+        for p in summary["empty_inputs"]:
+            print(f"select-data: warning: no row of {p} was kept")
         print(f"select-data: {len(selected)} rows ({', '.join(f'{k} {v}' for k, v in sorted(families.items()))}) "
               f"-> {out}")
     return summary

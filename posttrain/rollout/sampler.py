@@ -371,7 +371,10 @@ def _stop_string_hit(tokenizer, tokens: list[int], stop_strings: Sequence[str], 
     return any(s in text for s in stop_strings)
 
 
-@torch.inference_mode()
+_TENSOR_FIELDS = ("input_ids", "attention_mask", "completion_mask", "position_ids", "logprobs",
+                  "sampling_logprobs", "prompt_lengths", "completion_lengths", "finished")
+
+
 def generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, stop_token_ids: Sequence[int], pad_token_id: int,
              stop_strings: Sequence[str] = (), tokenizer=None,
@@ -382,7 +385,25 @@ def generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, tempera
     Generation of a row stops at any token in ``stop_token_ids`` or once its decoded completion contains one
     of ``stop_strings`` (needs ``tokenizer``). When ``tokenizer`` is given, ``completion_texts`` holds the
     decoded completions (special tokens skipped). ``backend``: ``"auto"`` | ``"native"`` | ``"hf"``.
+    ``generator`` must live on the model's device.
+
+    Sampling runs under ``torch.inference_mode``; the returned tensors are ordinary tensors (cloned out of
+    inference mode, unless the caller is itself in inference mode), so a training step may use them in
+    autograd (inference tensors cannot be saved for backward).
     """
+    rollout = _generate(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_p=top_p, top_k=top_k, stop_token_ids=stop_token_ids, pad_token_id=pad_token_id,
+                        stop_strings=stop_strings, tokenizer=tokenizer, generator=generator, backend=backend)
+    if not torch.is_inference_mode_enabled():
+        for name in _TENSOR_FIELDS:
+            setattr(rollout, name, getattr(rollout, name).clone())
+    return rollout
+
+
+@torch.inference_mode()
+def _generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
+              top_k: int, stop_token_ids: Sequence[int], pad_token_id: int, stop_strings: Sequence[str],
+              tokenizer, generator: torch.Generator | None, backend: str) -> Rollout:
     if not prompt_ids:
         raise ValueError("generate: prompt_ids is empty")
     if any(len(p) == 0 for p in prompt_ids):

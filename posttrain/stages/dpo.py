@@ -35,6 +35,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import statistics
@@ -130,12 +131,23 @@ class PreferenceBatcher:
     paired: bool
     max_len: int
     ref: torch.Tensor | None = None
+    share_prompt: bool = False
+    mask_dtype: torch.dtype = torch.float32
 
     def __call__(self, indices: Sequence[int]) -> dict[str, Any]:
         from posttrain.data.collate import collate_lm, collate_pairs
 
         exs = [self.examples[i] for i in indices]
         B = len(exs)
+        if self.paired and self.share_prompt:
+            batch = shared_prompt_batch(exs, self.pad_id, self.mask_dtype)
+            if self.ref is not None:
+                r = self.ref[list(indices)]                                  # [B, 2]
+                batch["ref_logps"] = torch.cat([r[:, 0], r[:, 1]])           # [2B]
+            batch["num_units"] = float(B)
+            batch["num_examples"] = B
+            batch["indices"] = list(indices)
+            return batch
         if self.paired:
             batch = collate_pairs([e.chosen for e in exs], [e.rejected for e in exs], self.pad_id)
             if self.ref is not None:
@@ -155,6 +167,68 @@ class PreferenceBatcher:
         batch["num_examples"] = B
         batch["indices"] = list(indices)
         return batch
+
+
+def shared_prompt_batch(pairs: Sequence[Any], pad_id: int, mask_dtype: torch.dtype = torch.float32) -> dict:
+    """Pairs as ONE ``[B, L]`` forward with the prompt computed once (prefix sharing, as in Wang et al. 2024,
+    "Accelerating Direct Preference Optimization with Prefix Sharing"): row ``b`` is
+    ``prompt_b + chosen_b + rejected_b``, right-padded, with
+
+    * a 4-D additive causal mask ``[B, 1, L, L]`` in which rejected tokens see the prompt and the earlier
+      rejected tokens but no chosen token (chosen tokens see the prompt and earlier chosen tokens; padding
+      sees only itself) — the form :mod:`posttrain.data.packing` verified for HF Llama/Qwen2 (sdpa, eager);
+    * ``position_ids`` that restart at the prompt length for the rejected tokens, so both completions sit at
+      the positions they have in their own sequence;
+    * ``pred_index`` ``[B, L]``: the position whose logits predict each token (``t − 1``, except the first
+      rejected token, predicted from the last prompt token), and ``chosen_mask`` / ``rejected_mask``.
+
+    Every log-prob equals the one of the ``[2B, T]`` layout (the same attention, positions and context) while
+    the prompt tokens are processed once instead of twice."""
+    rows, seg, pos, pred, cm, rm = [], [], [], [], [], []
+    for e in pairs:
+        P = e.chosen.prompt_len
+        p, c = e.chosen.input_ids[:P], e.chosen.input_ids[P:]
+        r = e.rejected.input_ids[e.rejected.prompt_len:]
+        C, R = len(c), len(r)
+        rows.append(list(p) + list(c) + list(r))
+        seg.append([0] * P + [1] * C + [2] * R)
+        pos.append(list(range(P + C)) + list(range(P, P + R)))
+        pred.append([0] + list(range(P + C - 1)) + ([P - 1] + list(range(P + C, P + C + R - 1)) if R else []))
+        cmask = [0] * P + list(e.chosen.loss_mask[P:]) + [0] * R
+        rmask = [0] * (P + C) + list(e.rejected.loss_mask[e.rejected.prompt_len:])
+        cm.append(cmask)
+        rm.append(rmask)
+    from posttrain.data.collate import pad_sequences
+
+    input_ids = pad_sequences(rows, pad_id)                                  # [B, L]
+    segments = pad_sequences(seg, -1)                                        # [B, L] (-1 = padding)
+    B, L = input_ids.shape
+    q = segments.unsqueeze(2)                                                # [B, L, 1]
+    k = segments.unsqueeze(1)                                                # [B, 1, L]
+    idx = torch.arange(L)
+    causal = idx.view(1, L, 1) >= idx.view(1, 1, L)                          # [1, L, L]
+    allowed = causal & (k >= 0) & ((k == 0) | (k == q))                      # [B, L, L]
+    allowed = allowed | (torch.eye(L, dtype=torch.bool).unsqueeze(0) & (q < 0))  # padding sees itself
+    mask = torch.zeros(B, 1, L, L, dtype=mask_dtype)
+    mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(mask_dtype).min)   # [B, 1, L, L]
+    return {"input_ids": input_ids, "attention_mask": mask, "position_ids": pad_sequences(pos, 0),
+            "pred_index": pad_sequences(pred, 0), "chosen_mask": pad_sequences(cm, 0),
+            "rejected_mask": pad_sequences(rm, 0), "num_tokens": int((segments >= 0).sum())}
+
+
+def _shared_prompt_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[2B]`` sequence log-probs (chosen then rejected) and completion lengths of a shared-prompt batch."""
+    from posttrain.models.logprobs import token_logprobs
+
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], use_cache=False)
+    logits = out.logits                                                      # [B, L, V]
+    pred = batch["pred_index"]                                               # [B, L]
+    z = logits.gather(1, pred.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # [B, L, V]
+    lp = token_logprobs(z, batch["input_ids"])                               # [B, L]
+    cm, rm = batch["chosen_mask"], batch["rejected_mask"]                    # [B, L]
+    logps = torch.cat([masked_sum(lp, cm, dim=-1), masked_sum(lp, rm, dim=-1)])  # [2B]
+    return logps, torch.cat([cm.sum(-1), rm.sum(-1)])                        # [2B], [2B]
 
 
 def _rows(batch, rows: slice) -> dict[str, torch.Tensor]:
@@ -191,13 +265,19 @@ class PreferenceObjective:
     def _reference(self, batch, rows: slice) -> torch.Tensor:
         if self.ref_model is None:
             raise RuntimeError("this loss needs reference log-probs but no reference model was given")
-        logps, _ = _sequence_logps(self.ref_model, _rows(batch, rows))
+        if "pred_index" in batch:
+            logps, _ = _shared_prompt_logps(self.ref_model, batch)
+        else:
+            logps, _ = _sequence_logps(self.ref_model, _rows(batch, rows))
         return logps.detach()
 
     def __call__(self, model, batch, normaliser=None):
         if not self.spec.paired:
             return self._unpaired(model, batch, normaliser)
-        logps, lengths = _sequence_logps(model, batch)                       # [2B], [2B]
+        if "pred_index" in batch:
+            logps, lengths = _shared_prompt_logps(model, batch)              # [2B], [2B]
+        else:
+            logps, lengths = _sequence_logps(model, batch)                   # [2B], [2B]
         B = logps.shape[0] // 2
         ref = None
         if self.spec.needs_reference:
@@ -282,7 +362,7 @@ def reference_logps(ref_model, examples: Sequence[Any], *, paired: bool, pad_id:
         for chunk in chunks:
             b = collate_lm([seqs[i] for i in chunk], pad_id)
             b = {k: v.to(device) for k, v in b.items()}
-            with (autocast() if autocast is not None else _null()):
+            with (autocast() if autocast is not None else contextlib.nullcontext()):
                 logps, _ = _sequence_logps(ref_model, b)
             out[torch.tensor(chunk)] = logps.float().cpu()
             if bar is not None:
@@ -295,14 +375,6 @@ def reference_logps(ref_model, examples: Sequence[Any], *, paired: bool, pad_id:
         N = len(examples)
         return torch.stack([out[:N], out[N:]], dim=1)                        # [N, 2]
     return out                                                               # [N]
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def model_fingerprint(model: torch.nn.Module, *, max_elements: int = 1 << 20) -> str:
@@ -478,13 +550,14 @@ def run(cfg: DPOConfig) -> dict:
         ref_model = None  # every reference log-prob the loss needs is cached: free the reference
 
     objective = PreferenceObjective(spec, beta, variant, ref_model=ref_model)
+    share = dict(share_prompt=cfg.share_prompt, mask_dtype=common.mask_dtype(trainer))
     batcher = PreferenceBatcher(train.examples, tok.pad_token_id, spec.paired, cfg.data.max_len,
-                                ref_cached.get("train"))
+                                ref_cached.get("train"), **share)
     sampler = StepSampler.from_config(cfg, len(train), rank=ctx.dist.rank, world=ctx.dist.world_size)
     evaluate = None
     if evals is not None:
         eval_batcher = PreferenceBatcher(evals.examples, tok.pad_token_id, spec.paired, cfg.data.max_len,
-                                         ref_cached.get("eval"))
+                                         ref_cached.get("eval"), **share)
         shards = eval_shards(len(evals), cfg.batch_size, ctx.dist.rank, ctx.dist.world_size, cfg.eval_batches)
         if not spec.paired:  # a mismatched pair needs two examples: fold a last batch of one into the previous
             if len(shards) > 1 and len(shards[-1]) < 2:

@@ -9,10 +9,13 @@ Objective (Ziegler et al. 2019; Ouyang et al. 2022, eq. 2): ``max_θ E_{x~D, y~�
    row ``i`` belongs to prompt ``i // G``), at ``generation.temperature``;
 3. scores from the reward source(s) (:func:`posttrain.rollout.rewards.build_reward`; per-source means are
    logged) plus ``missing_eos_penalty`` for completions that hit ``max_new_tokens`` without a stop token;
-4. without gradient, over the same micro-batches the first update will use: old log-probs
-   ``log π_θold`` (a full forward of the sampling policy at temperature ``T`` — the same code as the loss,
-   so the first on-policy ratio is exactly 1), reference log-probs ``log π_ref`` (frozen copy of the
-   initial policy, or ``ref_model``), values ``V(x_<t)`` (PPO);
+4. without gradient, over the same micro-batches the first update will use: reference log-probs
+   ``log π_ref`` (frozen copy of the initial policy, or ``ref_model``), values ``V(x_<t)`` (PPO), and old
+   log-probs ``log π_θold`` — a full forward of the sampling policy at temperature ``T`` with the same code
+   as the loss (so the first on-policy ratio is exactly 1) whenever the rollout feeds more than one update
+   (``recompute_logprobs``). With a single on-policy update that forward is skipped: the loss uses
+   ``π_old = sg(π_θ)`` (identical numbers, tested bit for bit) and KL terms of the reward use the sampler's
+   own temperature-scaled log-probs (which agree with a forward to ~1e-6);
 5. advantages (:data:`posttrain.stages.rl_algos.ADVANTAGE_ESTIMATORS`: GAE for PPO, group-normalised for
    GRPO, leave-one-out for RLOO, a baseline for REINFORCE);
 6. ``ppo_epochs`` passes over the rollout in minibatches of ``minibatch_size`` completions (epoch 0 in
@@ -31,7 +34,9 @@ completion of ``Σ_t log π_θold − log π_ref`` over the rollout, i.e. k1 KL 
 ``response_length``, ``frac_finished``, ``beta``, the update's ``loss``, ``approx_kl``, ``clip_frac``,
 ``ratio_mean``, ``ratio_max``, ``entropy``, ``explained_variance`` (PPO), ``grad_norm``, ``lr``, ``gold_mean``
 (toy-world prompts, ``gold_metric``; never trained on unless ``reward=gold``), and where the time goes
-(``time/generate_s``, ``time/score_s``, ``time/forward_s``, ``time/train_s``). Sample completions every
+(``time/generate_s``, ``time/score_s``, ``time/forward_s``, ``time/train_s``), and, when old log-probs are
+recomputed, ``sampler_logprob_max_diff`` (max |sampler − trainer| log-prob over the completion tokens, the
+sampler/trainer mismatch check). Sample completions every
 ``sample_every`` steps go to ``samples.jsonl``. Checkpoints every ``checkpoint_every`` steps (at step
 boundaries) hold the weights, optimizer, the KL controller and the sampling generator, so ``resume=true``
 reproduces an uninterrupted run exactly. The final policy is saved to ``RUN/model/`` (HF format).
@@ -221,52 +226,68 @@ class RLTrainer:
 
         t = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "position_ids": ro.position_ids,
              "completion_mask": ro.completion_mask.float()}
-        fwd = self._forward_rollout(t)
-        t.update(fwd)
+        t.update(self._forward_rollout(t))
         mask = t["completion_mask"]                                              # [N, L]
-        scored = Scored(scores=scores.to(self.device), logprobs=t["old_logprobs"],
-                        ref_logprobs=t["ref_logprobs"], mask=mask, group_size=G, values=t.get("old_values"))
+        # log π_θold for the KL terms of the reward: the recomputed forward, or the sampler's own
+        # temperature-scaled log-probs (same distribution, agree to ~1e-6) when no forward was needed
+        old_lp = t["old_logprobs"] if "old_logprobs" in t else ro.logprobs.to(mask)    # [N, L]
+        scored = Scored(scores=scores.to(self.device), logprobs=old_lp, ref_logprobs=t["ref_logprobs"],
+                        mask=mask, group_size=G, values=t.get("old_values"))
         beta = self.kl_ctl.value
         adv = self.estimate(scored, cfg, beta)
         t["advantages"] = adv.advantages
         if adv.returns is not None:
             t["returns"] = adv.returns
         t3 = time.perf_counter()
+        if "old_logprobs" in t:  # sampler vs trainer log-prob mismatch (should be ~1e-6)
+            metrics["sampler_logprob_max_diff"] = float(((ro.logprobs.to(mask) - old_lp).abs() * mask).max())
 
-        kl_seq = ((t["old_logprobs"] - t["ref_logprobs"]) * mask).sum(-1)      # [N] k1 KL per completion
+        kl_seq = ((old_lp - t["ref_logprobs"]) * mask).sum(-1)                  # [N] k1 KL per completion
         lengths = ro.completion_lengths.cpu().float()                            # [N]
         metrics.update(adv.metrics)
         metrics.update({
             "reward_mean": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
             "kl": float(kl_seq.mean()), "beta": beta, "response_length": float(lengths.mean()),
-            "frac_finished": float(finished.float().mean()), "sampler_logprob_max_diff": float(
-                ((ro.logprobs.to(mask.device) - t["old_logprobs"]).abs() * mask).max()),
+            "frac_finished": float(finished.float().mean()),
             "time/generate_s": t1 - t0, "time/score_s": t2 - t1, "time/forward_s": t3 - t2,
             "generated_tokens": float(ro.num_generated_tokens),
         })
         return RolloutBatch(t, scores, texts, rows, finished, lengths, metrics)
 
     def _forward_rollout(self, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Old log-probs (+ values) of the policy and reference log-probs, over the micro-batches of the
-        first update (same rows, same column trimming ⇒ same numbers as the loss's forward)."""
+        """Reference log-probs, old values (PPO) and — when ``recompute_logprobs`` — the sampling policy's
+        log-probs, over the micro-batches of the first update (same rows, same column trimming ⇒ the same
+        numbers as the loss's forward, so the first ratio is exactly 1)."""
+        from posttrain.models.heads import token_values
+        from posttrain.stages.rl_algos import shift_values
+
         cfg = self.cfg
         N, L = t["input_ids"].shape
-        out = {"old_logprobs": torch.zeros(N, L, device=self.device),
-               "ref_logprobs": torch.zeros(N, L, device=self.device)}
-        if isinstance(self.module, PolicyWithValue):
+        recompute = cfg.resolved_recompute_logprobs
+        has_value = isinstance(self.module, PolicyWithValue)
+        out = {"ref_logprobs": torch.zeros(N, L, device=self.device)}
+        if recompute:
+            out["old_logprobs"] = torch.zeros(N, L, device=self.device)
+        if has_value:
             out["old_values"] = torch.zeros(N, L, device=self.device)
         self.module.train()  # the mode the loss runs in (no dropout in these models; kept identical anyway)
+        temp = cfg.generation.temperature
         for rows in self._update_rows(step=None, epoch=0):
             for mrows in rows.split(cfg.micro_batch_size):
                 mb = _microbatch(t, mrows, cfg.resolved_loss_agg)
                 lo, hi = mb["span"]
                 with self.trainer.autocast():
-                    res = forward_policy(self.trainer.model, mb, temperature=cfg.generation.temperature)
-                    ref = forward_policy(self.ref, mb, temperature=cfg.generation.temperature)
-                out["old_logprobs"][mrows, lo:hi] = res["logprobs"].float()
+                    if recompute:
+                        res = forward_policy(self.trainer.model, mb, temperature=temp)
+                        out["old_logprobs"][mrows, lo:hi] = res["logprobs"].float()
+                        if has_value:
+                            out["old_values"][mrows, lo:hi] = res["values"].float()
+                    elif has_value:
+                        v = token_values(self.module.value, mb["input_ids"], mb["attention_mask"],
+                                         position_ids=mb["position_ids"])
+                        out["old_values"][mrows, lo:hi] = shift_values(v).float()
+                    ref = forward_policy(self.ref, mb, temperature=temp)
                 out["ref_logprobs"][mrows, lo:hi] = ref["logprobs"].float()
-                if "values" in res:
-                    out["old_values"][mrows, lo:hi] = res["values"].float()
         return out
 
     def _update_rows(self, step: int | None, epoch: int) -> list[torch.Tensor]:

@@ -215,8 +215,9 @@ class RLObjective:
         agg = dict(agg=self.agg, normaliser=normaliser, constant_normaliser=self.constant_normaliser)
         res = forward_policy(model, batch, temperature=cfg.generation.temperature, with_entropy=True)
         logprobs = res["logprobs"]                                               # [B, T]
-        loss, metrics = self.pg_fn(logprobs, batch["old_logprobs"], batch["advantages"], mask,
-                                   **self.pg_kwargs, **agg)
+        old = batch.get("old_logprobs")  # absent: one on-policy update, π_old = sg(π_θ) (ratio exactly 1)
+        old = logprobs.detach() if old is None else old
+        loss, metrics = self.pg_fn(logprobs, old, batch["advantages"], mask, **self.pg_kwargs, **agg)
         metrics = dict(metrics)
         beta = self.kl.value
         if self.kl_in_loss and beta > 0:
