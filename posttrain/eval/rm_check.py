@@ -84,7 +84,8 @@ def _se_diff(p1: float, p2: float, n: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--world", default=None, help="world folder (default: POSTTRAIN_WORLD or .posttrain/world)")
+    ap.add_argument("--world", default=None, help="a built world folder, used as is (default: build or reuse "
+                                                  "POSTTRAIN_WORLD or .posttrain/world)")
     ap.add_argument("--sft", default=None, help="an SFT run dir / model folder (default: train one)")
     ap.add_argument("--out", default="runs/rm_check", help="where the runs go")
     ap.add_argument("--steps", type=int, default=RM["max_steps"], help="optimizer steps per reward model")
@@ -95,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from posttrain.data.load import load_rows
-    from posttrain.world.build import build_world
+    from posttrain.world.build import build_world, load_world
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    world = build_world(args.world)
+    # an explicit --world is used as it is (never rebuilt); the default world is built when missing
+    world = load_world(args.world) if args.world else build_world()
     sft_dir = args.sft
     timings = {}
     if sft_dir is None:

@@ -37,8 +37,10 @@ stopped are fed padding and ignored, and once at least half of the rows being co
 is compacted (the KV cache keeps only the live rows). Generation runs without dropout (``inference_mode``;
 the HF backend switches the model to eval mode for the call and restores it).
 
-Reproducibility: with a seeded ``torch.Generator`` the same call (same model, prompts, settings and
-backend) gives the same samples.
+Log-probs are float32 (float64 for a float64 model). Sampling draws one uniform per row from the
+``generator`` (inverse CDF in float64). With a seeded ``torch.Generator`` the same call (same model,
+prompts, settings and backend) gives the same samples. The returned tensors are ordinary (non-inference)
+tensors, usable in a training step.
 """
 
 from __future__ import annotations

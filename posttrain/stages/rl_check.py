@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                                             f"data.train={world / 'verifiable/train.jsonl'}",
                                             "data.max_prompt_len=48", "generation.max_new_tokens=24",
                                             "algo=grpo", "sample_every=10",
-                                            *common[-1:] if args.threads else []], args.progress)
+                                            *(common[-1:] if args.threads else [])], args.progress)
             rl_m = _evaluate(path, sft, arith, temperature=0.0)
             sft_m = _evaluate(sft, sft, arith, temperature=0.0)
             report["rlvr"] = {"curve": curve, "exact_match_sft": sft_m.get("arith/exact_match"),
