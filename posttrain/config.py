@@ -141,7 +141,12 @@ class RewardModelConfig(StageConfig):
     share_prompt: bool = Field(True, description="score a prompt's completions in one packed row that computes "
                                                  "the shared prompt once (block attention mask); false: one "
                                                  "padded row per completion")
-    lr: float = Field(5e-5, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
+    # defaults tuned on the toy world (a 2M-param SFT backbone: ~1 min on 2 CPU cores, one epoch of the 1600
+    # annotator pairs); for billion-parameter models use lr ≈ 1e-5 (see the InstructGPT recipe's comments)
+    batch_size: int = Field(16, ge=1, description="pairs / rankings (prompts) per micro-batch per rank")
+    lr: float = Field(3e-4, gt=0.0, le=1.0, description="peak learning rate (AdamW)")
+    warmup_steps: int = Field(10, ge=0, description="linear warmup steps")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final lr as a fraction of lr")
 
 
 class ScoreConfig(Section):

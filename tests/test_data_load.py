@@ -270,11 +270,11 @@ def test_hub_offline(cwd, monkeypatch):
 
 
 def test_validate_rows_in_memory():
-    """Lists of dicts validate the same way (source None -> messages without a file)."""
+    """Lists of dicts validate the same way (source None -> "row N: ..." messages)."""
     assert validate_rows([PREF]) == "preference"
     with pytest.raises(DataError) as ei:
         validate_rows([PREF, {**PREF, "chosen": 3}], source="mem")
     assert str(ei.value) == "mem:2: column 'chosen' must be text or a list of messages, got int"
     with pytest.raises(DataError) as ei:
         validate_rows([{"text": "a"}, {"text": math.nan}])
-    assert str(ei.value) == "column 'text' must be text, got float"
+    assert str(ei.value) == "row 2: column 'text' must be text, got float"

@@ -60,7 +60,8 @@ def ranking_rows(n, seed, ks=(3, 4)):
 
 def cfg_for(tmp_path, train, evalf=None, **kw):
     base = dict(model="preset:tiny", data={"train": train, "eval": evalf}, output_dir=str(tmp_path / "run"),
-                max_steps=40, lr=1e-3, batch_size=8, progress=False, num_threads=1, seed=0)
+                max_steps=40, lr=1e-3, batch_size=8, warmup_steps=0, min_lr_ratio=0.0, progress=False,
+                num_threads=1, seed=0)
     base.update(kw)
     return RewardModelConfig.model_validate(base)
 
@@ -281,7 +282,7 @@ def test_two_ranks_equal_one_rank(tmp_path):
     from safetensors.torch import load_file
 
     train = write_jsonl(tmp_path / "t.jsonl", preference_rows(TOPICS, 32, seed=4))
-    common = ["reward-model", "model=preset:tiny", f"data.train={train}", "max_steps=3", "lr=1e-3",
+    common = ["reward-model", "model=preset:tiny", f"data.train={train}", "max_steps=3", "lr=1e-3", "warmup_steps=0",
               "progress=false", "device=cpu", "dtype=fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

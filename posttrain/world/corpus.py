@@ -6,7 +6,8 @@ Documents (``text`` rows; the tokenizer's eos separates them when packed)::
     table      "Velmora: capital Mirren, ruler Queen Calla."  the same facts in another layout
     facts      a few facts from all over the world
     drifting   starts on one topic, wanders through others
-    qa         "Q: ...? A: ..." snippets; mostly the answer does not follow, the text moves on
+    qa         "Q: ...? A: ..." snippets: a seen fact's answer follows 60% of the time (sometimes drifting on
+               after it); an unseen fact's never does, the text moves on
     chat       ChatML logs whose assistant rambles (``<|im_start|>user ... <|im_start|>assistant ...``)
     howto      how-to steps told as plain prose (never as a **bold** list: that is post-training's job)
     advice     plain advice for a situation (never warm: also post-training's job)
@@ -103,7 +104,7 @@ class CorpusWriter:
         for _ in range(rng.randint(2, 4)):
             f = rng.choice(self.kb.facts)
             q = f.question(rng.randrange(len(f.attr.questions)))
-            out.append(f"Q: {q}\nA: {self._answer_or_drift(f, 0.2)}")
+            out.append(f"Q: {q}\nA: {self._answer_or_drift(f, 0.6)}")
         return "\n".join(out)
 
     def _base_reply(self, task) -> str:

@@ -12,7 +12,10 @@ Entities (20 of each kind, every name unique and not an English word the rest of
 
 Every attribute carries its question templates (``{s}`` = subject), ONE answer template (the instruction
 data's answer, also one of the pretraining prose templates, so post-training can elicit a fact seen only in
-prose) and more prose templates for the corpus.
+prose) and more prose templates for the corpus. Answer templates all read "The <attribute> of <subject> is
+<value>.": the subject is copied from the question after a fixed opening and the value comes last, which is
+what lets a tiny model answer about a subject it never saw answered (templates that open with the subject,
+or put the value first, were measured to elicit nothing).
 """
 
 from __future__ import annotations
@@ -70,8 +73,8 @@ ATTRIBUTES: tuple[Attribute, ...] = (
                "{s} has its capital at {v}.")),
     Attribute("ruler", "land", "person",
               ("Who rules {s}?", "Who is the ruler of {s}?", "Who leads {s}?"),
-              "{s} is ruled by {v}.",
-              ("{v} rules {s}.", "The ruler of {s} is {v}.", "{v} is the ruler of {s}.", "{s} is led by {v}.")),
+              "The ruler of {s} is {v}.",
+              ("{v} rules {s}.", "{s} is ruled by {v}.", "{v} is the ruler of {s}.", "{s} is led by {v}.")),
     Attribute("flag", "land", "colour",
               ("What colour is the flag of {s}?", "What is the colour of the flag of {s}?",
                "Which colour is on the flag of {s}?"),
@@ -80,8 +83,8 @@ ATTRIBUTES: tuple[Attribute, ...] = (
                "The colour of the flag of {s} is {v}.")),
     Attribute("founded", "land", "year",
               ("When was {s} founded?", "In what year was {s} founded?", "What year was {s} founded?"),
-              "{s} was founded in {v}.",
-              ("In {v}, {s} was founded.", "The founding of {s} was in {v}.", "{s} dates from the year {v}.",
+              "The founding year of {s} is {v}.",
+              ("{s} was founded in {v}.", "In {v}, {s} was founded.", "{s} dates from the year {v}.",
                "{s} was first settled in {v}.")),
     Attribute("animal", "land", "animal",
               ("What is the national animal of {s}?", "Which animal is the symbol of {s}?",
@@ -91,23 +94,23 @@ ATTRIBUTES: tuple[Attribute, ...] = (
                "The symbol of {s} is the {v}.", "In {s}, the {v} is the national animal.")),
     Attribute("river", "city", "river",
               ("Which river runs through {s}?", "What river flows through {s}?", "Name the river of {s}."),
-              "The river {v} runs through {s}.",
+              "The river of {s} is the {v}.",
               ("The river {v} flows through {s}.", "{s} lies on the river {v}.",
-               "{s} stands on the banks of the river {v}.", "The {v} is the river of {s}.")),
+               "{s} stands on the banks of the river {v}.", "The river {v} runs through {s}.")),
     Attribute("dish", "city", "dish",
               ("What dish is {s} known for?", "What food is {s} famous for?", "Which dish comes from {s}?"),
-              "{s} is known for {v}.",
-              ("{s} is famous for {v}.", "The famous dish of {s} is {v}.", "People in {s} love {v}.",
+              "The famous dish of {s} is {v}.",
+              ("{s} is famous for {v}.", "{s} is known for {v}.", "People in {s} love {v}.",
                "The best {v} comes from {s}.")),
     Attribute("pet", "person", "pet",
               ("What pet does {s} keep?", "What animal does {s} keep as a pet?", "Which pet belongs to {s}?"),
-              "{s} keeps a {v}.",
-              ("{s} has a pet {v}.", "The pet of {s} is a {v}.", "{s} keeps a {v} at home.",
+              "The pet of {s} is a {v}.",
+              ("{s} has a pet {v}.", "{s} keeps a {v}.", "{s} keeps a {v} at home.",
                "A {v} lives with {s}.")),
     Attribute("instrument", "person", "instrument",
               ("Which instrument does {s} play?", "What instrument does {s} play?", "What does {s} play?"),
-              "{s} plays the {v}.",
-              ("The {v} is played by {s}.", "{s} is good at the {v}.", "{s} likes to play the {v}.",
+              "The instrument of {s} is the {v}.",
+              ("{s} plays the {v}.", "The {v} is played by {s}.", "{s} is good at the {v}.",
                "Every evening {s} plays the {v}.")),
     Attribute("colour", "person", "colour",
               ("What is the favourite colour of {s}?", "Which colour does {s} like best?",
