@@ -46,11 +46,14 @@ def _ensure_trl_env() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("stages", nargs="*", choices=[*STAGES, []], default=[])
+    ap.add_argument("stages", nargs="*", metavar="STAGE", help=f"any of {', '.join(STAGES)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="fewer rounds and steps (smoke check)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (rollout benchmark)")
     args = ap.parse_args(argv)
     stages = args.stages or list(STAGES)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        ap.error(f"unknown stage '{unknown[0]}' (choose from {', '.join(STAGES)})")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done: list[tuple[str, int, float]] = []
     for name in stages:
