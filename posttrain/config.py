@@ -41,6 +41,9 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _prompt_fits(self) -> "DataConfig":
+        if self.max_prompt_len >= self.max_len and "max_prompt_len" not in self.model_fields_set:
+            # only max_len was given (e.g. pretraining rows of 64 tokens): the prompt budget follows it
+            return self.model_copy(update={"max_prompt_len": max(1, self.max_len // 2)})
         if self.max_prompt_len >= self.max_len:
             raise ValueError("data.max_prompt_len must be smaller than data.max_len")
         return self

@@ -111,7 +111,6 @@ def test_sft_run_writes_a_complete_run_dir_and_refuses_a_different_config(tmp_pa
 
 # ---------------------------------------------------------------------------------------- numerics
 def _all_loss(model, items, packing, max_len, pad_id, bs):
-    from posttrain.losses.reduce import num_units  # noqa: F401
     from posttrain.stages.sft import make_batches, sft_loss_fn
 
     n, make = make_batches(items, packing=packing, max_len=max_len, pad_id=pad_id, mask_dtype=torch.float64)

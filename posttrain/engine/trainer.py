@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -546,8 +547,6 @@ class Trainer:
                             "extra": {k: _stateful_get(v) for k, v in self.extra_state.items()}},
                            tmp / "state.pt")
             for old in self.run.checkpoint_steps()[:-self.cfg.keep_checkpoints]:
-                import shutil
-
                 shutil.rmtree(self.run.checkpoint_dir(old), ignore_errors=True)
         distributed.barrier()
         return path

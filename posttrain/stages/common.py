@@ -26,7 +26,8 @@ from posttrain.engine.trainer import seed_everything
 from posttrain.errors import ConfigError, DataError
 
 __all__ = ["StageContext", "setup", "train_dtype", "load_model", "apply_lora", "load_data", "open_run",
-           "already_done", "token_logprobs_of", "mask_dtype", "print_summary", "finish", "eval_prompts"]
+           "already_done", "token_logprobs_of", "mask_dtype", "print_summary", "finish", "eval_prompts",
+           "generate_samples", "require_examples"]
 
 
 @dataclass(frozen=True)
