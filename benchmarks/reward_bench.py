@@ -21,8 +21,14 @@ TRL lives in its own virtual environment ``benchmarks/.env-trl`` (gitignored), c
 an ``flock`` on ``benchmarks/.env-trl.lock`` if absent: ``python -m venv``, ``pip install torch==2.13.0``,
 then ``trl==1.16.0``, then posttrain in editable mode. posttrain never depends on TRL.
 
-MFU = 6·N·tokens/s / peak with N the matmul parameters and peak the measured fp32 matmul rate
-(:func:`posttrain.engine.trainer.measure_peak_flops`). ``--profile`` times the phases of one posttrain step.
+posttrain runs as shipped: ``share_prompt=true`` scores a pair as ONE packed row ``[prompt, chosen, rejected]``
+(block attention mask), so the shared prompt is computed once — 8·(32 + 2·32) = 768 tokens per step where
+TRL runs 2·8·(32 + 32) = 1024. ``--like-for-like`` adds a posttrain side with ``share_prompt=false`` (one
+padded row per completion, the same tokens as TRL), which isolates the training-loop overhead.
+
+MFU = 6·N·tokens/s / peak with N the matmul parameters, tokens what each side actually runs through the
+model, and peak the measured fp32 matmul rate (:func:`posttrain.engine.trainer.measure_peak_flops`).
+``--profile`` times the phases of one posttrain step.
 
 Usage: ``python -m benchmarks.reward_bench [--models tiny,small] [--rounds 3] [--steps 30]``
 """
@@ -150,13 +156,13 @@ def worker_posttrain(args) -> dict:
     cfg = RewardModelConfig(model=args.model_dir, data={"train": args.data, "max_len": 256, "max_prompt_len": 128},
                             output_dir=str(out), max_steps=total, batch_size=args.batch, lr=LR, loss="bradley_terry",
                             dtype="fp32", device="cpu", progress=False, log_every=1, seed=0,
-                            lr_schedule="linear")
+                            lr_schedule="linear", warmup_steps=0, min_lr_ratio=0.0, share_prompt=not args.no_share)
     t0 = time.perf_counter()
     summary = run(cfg)
     wall = time.perf_counter() - t0
     recs = [r for r in read_jsonl(out / "metrics.jsonl") if "steps_per_s" in r]
     timed = [1.0 / r["steps_per_s"] for r in recs][args.warmup:]
-    res = {"side": "posttrain", "steps_per_s": len(timed) / sum(timed), "tokens_per_step": recs[-1]["tokens"],
+    res = {"side": "posttrain" if not args.no_share else "posttrain_unshared", "steps_per_s": len(timed) / sum(timed), "tokens_per_step": recs[-1]["tokens"],
            "wall_s": wall, "final_loss": summary["final_loss"], "peak_flops": measure_peak_flops(torch.device("cpu")),
            "threads": torch.get_num_threads()}
     shutil.rmtree(out, ignore_errors=True)
@@ -252,8 +258,9 @@ def worker_profile(args) -> dict:
 
 # --------------------------------------------------------------------------------------- driver
 def _run_worker(python: str, which: str, args, fx: dict) -> dict:
-    cmd = [python, str(Path(__file__).resolve()), "--worker", which, "--model-dir", fx["model"], "--data",
-           fx["data"], "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch)]
+    worker, extra = ("posttrain", ["--no-share"]) if which == "posttrain_unshared" else (which, [])
+    cmd = [python, str(Path(__file__).resolve()), "--worker", worker, "--model-dir", fx["model"], "--data",
+           fx["data"], "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch), *extra]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
@@ -277,6 +284,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for both sides (0: torch's default)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--like-for-like", action="store_true", help="also run posttrain with share_prompt=false")
+    ap.add_argument("--no-share", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=["posttrain", "trl", "profile"])
     ap.add_argument("--model-dir")
     ap.add_argument("--data")
@@ -287,7 +296,8 @@ def main(argv=None) -> int:
         return 0
 
     trl_py = None if args.skip_trl else str(ensure_trl_env())
-    sides = [("posttrain", sys.executable)] + ([("trl", trl_py)] if trl_py else [])
+    sides = [("posttrain", sys.executable)] + ([("posttrain_unshared", sys.executable)] if args.like_for_like else [])
+    sides += [("trl", trl_py)] if trl_py else []
     table = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         fx = prepare(model, args.prompt_len, args.completion_len)
@@ -303,8 +313,10 @@ def main(argv=None) -> int:
         p0 = results["posttrain"][0]
         for side, rs in results.items():
             best = max(r["steps_per_s"] for r in rs)
-            mfu = 6 * fx["matmul_params"] * p0["tokens_per_step"] * best / p0["peak_flops"]
-            table.append((model, side, best, statistics.median(r["steps_per_s"] for r in rs), mfu))
+            # tokens each side actually runs through the model per step (posttrain: the shared prompt once)
+            tokens = rs[0]["tokens_per_step"] if side != "trl" else args.batch * sum(rs[0]["tokens_first_row"])
+            mfu = 6 * fx["matmul_params"] * tokens * best / p0["peak_flops"]
+            table.append((model, side, best, statistics.median(r["steps_per_s"] for r in rs), mfu, tokens))
         if trl_py:
             tr = results["trl"][0]
             print(f"  TRL: gradient checkpointing {tr['gradient_checkpointing']}, threads {tr['threads']}, "
@@ -314,14 +326,17 @@ def main(argv=None) -> int:
             prof = _run_worker(sys.executable, "profile", args, fx)
             print("  posttrain step phases (median ms):",
                   json.dumps({k: round(v, 2) for k, v in prof["phase_ms"].items()}), flush=True)
-    print("\n| model | side | steps/s (best) | steps/s (median) | ms/step | MFU |")
-    print("|---|---|---|---|---|---|")
-    for model, side, best, med, mfu in table:
-        print(f"| {model} | {side} | {best:.2f} | {med:.2f} | {1000 / best:.1f} | {100 * mfu:.2f}% |")
+    print("\n| model | side | steps/s (best) | steps/s (median) | ms/step | tokens/step | MFU |")
+    print("|---|---|---|---|---|---|---|")
+    for model, side, best, med, mfu, tokens in table:
+        print(f"| {model} | {side} | {best:.2f} | {med:.2f} | {1000 / best:.1f} | {tokens} | {100 * mfu:.2f}% |")
     if trl_py:
         for model in dict.fromkeys(m for m, *_ in table):
-            b = {s: v for m, s, v, *_ in table if m == model}
-            print(f"{model}: posttrain / TRL = {b['posttrain'] / b['trl']:.2f}x (best rounds)")
+            b = {side: v for m, side, v, *_ in table if m == model}
+            line = f"{model}: posttrain / TRL = {b['posttrain'] / b['trl']:.2f}x (best rounds)"
+            if "posttrain_unshared" in b:
+                line += f"; share_prompt=false / TRL = {b['posttrain_unshared'] / b['trl']:.2f}x"
+            print(line)
     return 0
 
 

@@ -10,7 +10,9 @@
     (Ethayarajh et al. 2024 §4); no gradient flows through ``z_0``, so the mismatched rows get their own
     no-grad forward and the backward pass covers only the labelled rows. Sequence log-probs are sums over
     the completion tokens (``loss_mask``); the loss itself comes from the registry — this file holds no
-    loss math.
+    loss math. ``share_prompt=true`` packs each pair as ``prompt + chosen + rejected`` in one row instead
+    (a 4-D mask keeps the two completions apart; :func:`shared_prompt_batch`): the same log-probs with
+    every prompt processed once.
 
     Reference log-probs are computed ONCE over the dataset before training (``precompute_ref=true``,
     default) and cached in ``RUN/ref_logps/<split>-<key>.pt``, where ``key`` hashes the tokenised dataset and

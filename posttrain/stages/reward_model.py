@@ -16,8 +16,11 @@
       ``loss=kwise`` on pairs is the K = 2 case, identical to Bradley–Terry.
 
     A training unit is one prompt's comparison group: a pair, or a ranking of K. A micro-batch of B units
-    is scored in ONE forward over its ``Σ K_b`` sequences (rows of unit b are contiguous, best first); the
-    loss is the mean over units, normalised by the global unit count of the optimizer step
+    is scored in ONE forward over its ``Σ K_b`` completions — by default with prefix sharing
+    (``share_prompt``): one packed row ``[prompt, y_1, …, y_K]`` per unit under a block attention mask, so the
+    prompt is computed once (exactly the rewards of scoring each ``prompt + y_k`` alone; a pair of 32-token
+    prompt and completions costs 96 tokens instead of 128); ``share_prompt=false`` uses one padded row per
+    completion. The loss is the mean over units, normalised by the global unit count of the optimizer step
     (``batch["num_units"]``), so accumulation and data parallelism give the same update. Rankings of
     different K in one batch are grouped by K, each group through the same loss with the global
     normaliser. The loss math is :mod:`posttrain.losses.reward`; optional reward centring
@@ -26,9 +29,11 @@
     The final model goes to ``RUN/model/`` as a standard ``AutoModelForSequenceClassification``
     (``num_labels=1``). At the end, the model is evaluated on ``data.eval`` (:mod:`posttrain.eval.rm`:
     accuracy, mean margin, calibration / ECE, reward–length correlation, and on the toy world the
-    agreement with the gold preference next to the labels' own) into ``summary.json`` (``rm_eval``); the
-    engine's eval loss / accuracy is logged every ``eval_every`` steps. ``samples.jsonl`` holds a few eval
-    comparisons with their rewards.
+    agreement with the gold preference next to the labels' own) into ``summary.json`` (``rm_eval``; the
+    headline numbers also under ``eval``: ``accuracy``, ``ece``, ``length_correlation``, ``gold_agreement``,
+    ``label_gold_agreement``, and in ``metrics.jsonl`` with an ``eval/`` prefix); the engine's eval loss /
+    accuracy is logged every ``eval_every`` steps. ``samples.jsonl`` holds a few eval comparisons with their
+    rewards.
 
 ``score(cfg: ScoreConfig)``
     Scores rows with a reward model and writes them, unchanged but for the added columns, to
@@ -383,6 +388,12 @@ def run(cfg: RewardModelConfig) -> dict:
         run_dir.write_samples([{"step": trainer.step_count, "prompt": _text(c.prompt), "chosen": _text(c.better),
                                 "rejected": _text(c.worse), "reward_chosen": a, "reward_rejected": b}
                                for c, a, b in list(zip(comps, *scores))[:N_SAMPLES]])
+    if rm_eval is not None:  # headline numbers next to the engine's eval loss / accuracy
+        head = {k: rm_eval[src] for k, src in (
+            ("ece", "ece"), ("length_correlation", "length_corr"), ("gold_agreement", "gold/rm_agreement"),
+            ("label_gold_agreement", "gold/label_agreement")) if src in rm_eval}
+        fit.setdefault("eval", {}).update(head)
+        trainer.log({f"eval/{k}": v for k, v in head.items() if isinstance(v, float) and math.isfinite(v)})
     n_comparisons = sum(len(u.seqs) * (len(u.seqs) - 1) // 2 for u in units)
     fit.update({"loss_type": loss, "centering_coef": cfg.centering_coef,
                 "train": {"source": train_rows.source, "kind": train.kind, "rows": len(train_rows),
