@@ -137,3 +137,24 @@ def test_evaluate_reward_model_on_rankings_and_world_pairs():
     assert res["gold/rm_agreement"] == (1.0 if d < 0 else 0.0)
     forced = evaluate_comparisons(rm, tok, comps, gold=False)
     assert "gold/pairs" not in forced
+
+
+def test_rm_check_relabelling_keeps_pairs_and_follows_gold_without_length_bias():
+    """The λ = 0 control of `python -m posttrain.eval.rm_check`: same pairs (order may flip), deterministic, and
+    with a huge gold gap the (noisy) annotators pick the gold-better response regardless of its length."""
+    from posttrain.eval.rm_check import relabel_without_length_bias
+    from posttrain.world.gold import gold_reward
+    from posttrain.world.kb import KnowledgeBase
+    from posttrain.world.tasks import fact_task
+
+    task = fact_task(KnowledgeBase.default().facts[0], 0)
+    prompt = [{"role": "user", "content": task.prompt}]
+    good = [{"role": "assistant", "content": f"{task.answer}."}]
+    bad = [{"role": "assistant", "content": "Some say the winters are cold. Old songs are still sung at night. "
+                                            "Stories are told by the fire and the river runs to the sea."}]
+    assert gold_reward(prompt, good) - gold_reward(prompt, bad) > 2
+    rows = [{"prompt": prompt, "chosen": bad, "rejected": good}] * 40
+    out = relabel_without_length_bias(rows, seed=3)
+    assert out == relabel_without_length_bias(rows, seed=3)
+    assert all({id(r["chosen"]), id(r["rejected"])} == {id(good), id(bad)} for r in out)
+    assert sum(r["chosen"] is good for r in out) >= 30

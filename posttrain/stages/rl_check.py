@@ -39,17 +39,57 @@ def _sft(world, out: Path, progress: bool, threads: int | None):
     return out / "sft"
 
 
-def _rm(world, sft: Path, out: Path, progress: bool, threads: int | None):
+def _rm(world, sft: Path, out: Path, progress: bool, threads: int | None, data: str = "world"):
     from posttrain.config import DataConfig, RewardModelConfig
     from posttrain.stages.reward_model import run
 
-    cfg = RewardModelConfig(model=str(sft), output_dir=str(out / "rm"), progress=progress,
-                            data=DataConfig(train=str(world / "ranking/train.jsonl"),
+    if data == "onpolicy":
+        train, name, steps, lr = _onpolicy_rankings(world, sft, out), "rm_onpolicy", 200, 1e-4
+    else:
+        train, name, steps, lr = world / "ranking/train.jsonl", "rm", 100, 3e-4
+    cfg = RewardModelConfig(model=str(sft), output_dir=str(out / name), progress=progress,
+                            data=DataConfig(train=str(train),
                                             eval=str(world / "preference/eval.jsonl"), max_len=96, max_prompt_len=48),
-                            loss="kwise", max_steps=100, batch_size=16, lr=3e-4, warmup_steps=10,
+                            loss="kwise", max_steps=steps, batch_size=16, lr=lr, warmup_steps=10,
                             num_threads=threads)
     summary = run(cfg)
-    return out / "rm", summary
+    return out / name, summary
+
+
+def _onpolicy_rankings(world, sft: Path, out: Path, *, n_prompts: int = 800, K: int = 4, seed: int = 0) -> Path:
+    """InstructGPT's labelling (Ouyang et al. 2022 §3.4): ``K`` samples of the SFT model per prompt, ranked by
+    the toy world's simulated annotators (noisy Bradley–Terry / Plackett–Luce on gold, with their length
+    bias — never gold itself), written as K-wise ranking rows. Cached in ``out/onpolicy_rankings.jsonl``."""
+    import torch
+
+    from posttrain.data.tokenize import encode_prompt
+    from posttrain.io import read_jsonl, write_jsonl
+    from posttrain.models.tokenizer import stop_token_ids
+    from posttrain.rollout.sampler import sample_n
+    from posttrain.world.annotators import AnnotatorPool
+
+    path = out / "onpolicy_rankings.jsonl"
+    if path.is_file():
+        return path
+    model, tok = _load(sft)
+    prompts = [r["prompt"] for r in read_jsonl(world / "preference/train.jsonl")]
+    prompts = list({repr(p): p for p in prompts}.values())[:n_prompts]
+    pool = AnnotatorPool(seed=f"rl_check-{seed}")
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(0, len(prompts), 32):
+        chunk = prompts[i:i + 32]
+        ids = [encode_prompt(tok, p, max_prompt_len=48) for p in chunk]
+        ro = sample_n(model, ids, K, max_new_tokens=40, temperature=1.0, stop_token_ids=stop_token_ids(tok),
+                      pad_token_id=tok.pad_token_id, tokenizer=tok, generator=gen)
+        for j, p in enumerate(chunk):
+            ys = ro.completion_texts[j * K:(j + 1) * K]
+            if len(set(ys)) < K:
+                continue  # identical samples cannot be ranked
+            rows.append({"prompt": p, "completions": [[{"role": "assistant", "content": y}] for y in ys],
+                         "ranking": pool.rank(p, ys)})
+    write_jsonl(path, rows)
+    return path
 
 
 def _rl(name: str, out: Path, overrides: list[str], progress: bool) -> tuple[Path, list[dict]]:
@@ -89,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/rl_check")
     ap.add_argument("--parts", default="ppo,grpo,overopt,rlvr")
     ap.add_argument("--per-family", type=int, default=32, help="eval prompts per family")
+    ap.add_argument("--rm-data", choices=["world", "onpolicy"], default="onpolicy",
+                    help="reward-model data: the world's ranking file (the instructgpt recipe's), or SFT samples "
+                         "ranked by the simulated annotators (InstructGPT's procedure)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for every stage (default: torch's)")
     args = ap.parse_args(argv)
@@ -106,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     sft = _sft(world, out, args.progress, args.threads)
-    rm, rm_summary = _rm(world, sft, out, args.progress, args.threads)
+    rm, rm_summary = _rm(world, sft, out, args.progress, args.threads, args.rm_data)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    report: dict = {"world": str(world), "sft": str(sft), "rm": str(rm),
+    report: dict = {"world": str(world), "sft": str(sft), "rm": str(rm), "rm_data": args.rm_data,
                     "rm_eval": {k: v for k, v in (rm_summary.get("eval") or {}).items()
                                 if isinstance(v, (int, float))}}
     rows = world_eval_rows(world, EVAL_FAMILIES, per_family=args.per_family)
