@@ -25,7 +25,6 @@ variant-specific extras.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -59,9 +58,9 @@ class LossSpec:
     @property
     def variant_kwargs(self) -> tuple[str, ...]:
         """Names of the variant-specific keyword arguments (beyond the shared signature)."""
-        params = inspect.signature(self.fn).parameters
-        return tuple(n for n, p in params.items()
-                     if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in _SHARED_PARAMS)
+        code = self.fn.__code__  # keyword-only names follow the positional ones in co_varnames
+        kwonly = code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+        return tuple(n for n in kwonly if n not in _SHARED_PARAMS)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
