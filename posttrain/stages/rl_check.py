@@ -92,6 +92,18 @@ def _onpolicy_rankings(world, sft: Path, out: Path, *, n_prompts: int = 800, K: 
     return path
 
 
+def _arith_prompts(world: Path, out: Path) -> Path:
+    """The ``arith`` rows of the world's verifiable training file (its ``reason`` rows ask for a
+    ``<think>`` format the arith eval does not use)."""
+    from posttrain.io import read_jsonl, write_jsonl
+    from posttrain.world.tasks import family_of
+
+    path = out / "rlvr_arith_train.jsonl"
+    if not path.is_file():
+        write_jsonl(path, [r for r in read_jsonl(world / "verifiable/train.jsonl") if family_of(r["prompt"]) == "arith"])
+    return path
+
+
 def _rl(name: str, out: Path, overrides: list[str], progress: bool) -> tuple[Path, list[dict]]:
     from posttrain.config import RLConfig, load_config
     from posttrain.io import read_jsonl
@@ -143,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    world = Path(build_world(args.world).root)
+    if args.world and (Path(args.world) / "manifest.json").is_file():
+        world = Path(args.world)  # an existing world is used as is (no rebuild when the world code changes)
+    else:
+        world = Path(build_world(args.world).root)
     if args.threads:
         import torch
 
@@ -180,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         if "rlvr" in parts:
             arith = [r for r in world_eval_rows(world, ("arith",))]
             path, curve = _rl("rlvr", out, [f"model={sft}", "reward=verifier:math",
-                                            f"data.train={world / 'verifiable/train.jsonl'}",
+                                            f"data.train={_arith_prompts(world, out)}",
                                             "data.max_prompt_len=48", "generation.max_new_tokens=24",
                                             "algo=grpo", "sample_every=10",
                                             *(common[-1:] if args.threads else [])], args.progress)
