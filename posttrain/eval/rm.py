@@ -212,11 +212,11 @@ def gold_metrics(comps: Sequence[Comparison], r_better: Sequence[float], r_worse
     n = 0
     longer_total = longer_rm = longer_label = 0
     g_all, len_all = [], []
-    seen: set[int] = set()
+    seen: set[str] = set()
     for c, rb, rw in zip(comps, r_better, r_worse):
         gb, gw = gold(c.prompt, c.better), gold(c.prompt, c.worse)
         for y, g in ((c.better, gb), (c.worse, gw)):
-            key = id(y)
+            key = repr((c.prompt, y))  # each distinct (prompt, response) once
             if key not in seen:
                 seen.add(key)
                 g_all.append(g)
