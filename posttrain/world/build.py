@@ -15,8 +15,7 @@ depends on was rebuilt, or one of its files no longer matches the hash in the ma
 atomically (:mod:`posttrain.io`); the manifest is written last, so an interrupted build is resumed, not
 trusted. Concurrent builds of one folder are serialised by a lock file.
 
-Pretraining: :func:`pretrain_minimal` below is a deliberately small stand-in (AdamW, warmup + cosine,
-packed text) to be replaced by ``posttrain.stages.pretrain``; the only call site is :func:`_pretrain`.
+Pretraining runs through the shared engine (``posttrain.stages.pretrain``), called from :func:`_pretrain`.
 """
 
 from __future__ import annotations
@@ -231,82 +230,33 @@ def _init_model(init_dir: Path, tokenizer_dir: Path, spec: ModelSpec, seed: int)
     tok.save_pretrained(init_dir)
 
 
-def pretrain_minimal(init_dir: Path, train_file: Path, out_dir: Path, spec: PretrainSpec, *, seed: int,
-                     log=None) -> dict:
-    """TEMPORARY minimal pretraining loop — replace with ``posttrain.stages.pretrain`` (see :func:`_pretrain`).
-
-    Next-token cross-entropy on packed documents (each ends with eos; an epoch is one shuffled
-    concatenation cut into ``seq_len`` rows), AdamW (decay on matrices only), linear warmup then cosine
-    decay to ``min_lr_ratio·lr``, global-norm clipping. Reads the HF folder ``init_dir``, writes the
-    trained model + tokenizer to ``out_dir``.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(init_dir)
-    model = AutoModelForCausalLM.from_pretrained(init_dir)
-    model.train()
-    ids = tok([r["text"] for r in read_jsonl(train_file)], add_special_tokens=False)["input_ids"]
-    docs = [x + [tok.eos_token_id] for x in ids]
-    rng = random.Random(seed)
-    T, B = spec.seq_len, spec.batch_size
-
-    def rows() -> Iterator[list[int]]:
-        while True:
-            order = list(range(len(docs)))
-            rng.shuffle(order)
-            stream = [t for i in order for t in docs[i]]
-            for k in range(0, len(stream) - T + 1, T):
-                yield stream[k:k + T]
-
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr, betas=(0.9, 0.95))
-
-    def lr_at(step: int) -> float:
-        if step < spec.warmup_steps:
-            return spec.lr * (step + 1) / spec.warmup_steps
-        progress = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
-        return spec.lr * (spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-    it = rows()
-    t0, c0 = time.time(), time.process_time()
-    losses = []
-    for step in range(spec.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        batch = torch.tensor([next(it) for _ in range(B)])  # [B, T]
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        if log and (step % 50 == 0 or step == spec.steps - 1):
-            log(f"pretrain step {step + 1}/{spec.steps} loss {losses[-1]:.3f} ({time.time() - t0:.0f}s)")
-    model.eval()
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    tail = losses[-20:]
-    return {"steps": spec.steps, "tokens": spec.steps * B * T, "train_loss": sum(tail) / len(tail),
-            "seconds": time.time() - t0, "cpu_seconds": time.process_time() - c0}
-
-
 def _pretrain(init_dir: Path, train_file: Path, out_dir: Path, spec: PretrainSpec, *, seed: int, log=None) -> dict:
-    """The one call site of pretraining: read the HF folder ``init_dir``, train on ``train_file`` (``text``
-    rows), write the trained HF model + tokenizer to ``out_dir``; return at least ``steps``, ``tokens``,
-    ``train_loss`` and ``seconds``. To switch to the pretrain stage, replace this body, e.g.::
+    """Pretrain the initialised HF folder ``init_dir`` on ``train_file`` (``text`` rows) through the shared
+    engine (:mod:`posttrain.stages.pretrain`: documents packed into ``seq_len`` rows with a block-diagonal
+    mask, AdamW, warmup + cosine to ``min_lr_ratio·lr``, global-norm clipping) and write the trained HF model
+    + tokenizer to ``out_dir``. Returns ``steps``, ``tokens``, ``train_loss``, ``seconds``."""
+    from posttrain.config import DataConfig, PretrainConfig
+    from posttrain.stages.pretrain import run
 
-        from posttrain.config import DataConfig, PretrainConfig
-        from posttrain.stages.pretrain import run
-        summary = run(PretrainConfig(model=str(init_dir), data=DataConfig(train=str(train_file),
-                      max_len=spec.seq_len, max_prompt_len=8), output_dir=str(out_dir / "run"),
-                      max_steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, ..., seed=seed))
-        # then move summary["model_dir"] to out_dir and map the summary's keys
-    """
-    return pretrain_minimal(init_dir, train_file, out_dir, spec, seed=seed, log=log)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=Path(out_dir).parent, prefix=".pretrain-run."))
+    t0 = time.time()
+    try:
+        cfg = PretrainConfig(model=str(init_dir), output_dir=str(work), seed=seed, progress=log is not None,
+                             data=DataConfig(train=str(train_file), max_len=spec.seq_len, max_prompt_len=8),
+                             max_steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr,
+                             warmup_steps=spec.warmup_steps, lr_schedule="cosine", min_lr_ratio=spec.min_lr_ratio,
+                             weight_decay=spec.weight_decay, adam_beta2=0.95, max_grad_norm=spec.max_grad_norm,
+                             log_every=10)
+        summary = run(cfg)
+        for f in Path(summary["model_dir"]).iterdir():
+            if f.is_file():
+                shutil.copy2(f, Path(out_dir) / f.name)
+        tail = [m["loss"] for m in read_jsonl(work / "metrics.jsonl") if "loss" in m][-5:]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"steps": spec.steps, "tokens": int(summary["tokens_per_s"] * summary["train_time_s"]),
+            "train_loss": sum(tail) / max(1, len(tail)), "seconds": time.time() - t0}
 
 
 def eval_perplexity(model_dir: Path, eval_file: Path, *, seq_len: int = 128, batch_size: int = 32) -> dict:
