@@ -47,6 +47,7 @@ def test_detect_kind_priority_and_restriction():
     assert detect_kind(["prompt", "answer", "id"]) == "verifiable"
     assert detect_kind(["messages"]) == "conversational"
     assert detect_kind(["text", "meta"]) == "text"
+    assert detect_kind(["prompt", "id"]) == "prompt"  # prompt-only rows: RL / sampling prompt sets
     assert detect_kind(["foo"]) is None
     # restriction: unpaired data read by an SFT stage is prompt_completion (label ignored)
     assert detect_kind(["prompt", "completion", "label"], kinds=["prompt_completion", "text"]) == \
@@ -55,7 +56,7 @@ def test_detect_kind_priority_and_restriction():
     with pytest.raises(ValueError):
         detect_kind(["text"], kinds=["nope"])
     assert list(KINDS) == ["preference", "ranking", "unpaired", "prompt_completion", "verifiable",
-                           "conversational", "text"]
+                           "conversational", "text", "prompt"]
     assert KINDS["preference"].describe_columns() == "prompt?, chosen, rejected, margin?"
 
 
@@ -207,7 +208,9 @@ CASES = [
      "x.jsonl: no rows of any known kind (columns found: question; expected: preference (prompt?, chosen, "
      "rejected, margin?); ranking (prompt, completions, ranking); unpaired (prompt, completion, label); "
      "prompt_completion (prompt, completion); verifiable (prompt, answer); conversational (messages); "
-     "text (text))"),
+     "text (text); prompt (prompt))"),
+    ("prompt-only type", "x.jsonl", [json.dumps({"prompt": "q"}), json.dumps({"prompt": 3})], None,
+     "x.jsonl:2: column 'prompt' must be text or a list of messages, got int"),
     ("json not a list", "x.json", ['{"rows": []}'], None,
      'x.json: expected a list of objects or {"data": [...]}, got an object without a \'data\' list'),
     ("json syntax", "x.json", ["[", '{"text": "a"},', '{"text" "b"}', "]"], None,

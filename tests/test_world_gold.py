@@ -177,3 +177,25 @@ def test_win_rate_counts_ties_half():
     assert win_rate(prompts[:1], a[:1], b[:1]) == 1.0
     with pytest.raises(ValueError):
         win_rate(prompts, a, b[:2])
+
+
+def test_misplaced_register_is_penalised_for_every_family():
+    """The shortcuts an RL policy finds against an RM that never saw them (responses.py kinds ``misfit`` and
+    ``sympathy``): gold scores each below the family's canonical good answer by at least 2 points, on every
+    training task of the family."""
+    import random
+
+    from posttrain.world.datasets import make_pools
+    from posttrain.world.kb import KnowledgeBase
+    from posttrain.world.responses import CANDIDATE_MIX, good_response, make_response
+
+    pools = make_pools(KnowledgeBase.default(), random.Random("0/splits"))
+    rng = random.Random(0)
+    for fam, tasks in pools.train.items():
+        kinds = [k for k in ("misfit", "sympathy") if k in CANDIDATE_MIX[fam]]
+        assert "misfit" in kinds and (fam == "emotional") == ("sympathy" not in kinds)
+        for t in tasks[:20]:
+            best = gold_reward(t.prompt, good_response(t))
+            for k in kinds:
+                y = make_response(t, k, rng)
+                assert gold_reward(t.prompt, y) <= best - 2.0, (fam, k, y)

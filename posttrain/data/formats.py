@@ -10,6 +10,7 @@ prompt_completion  ``prompt``, ``completion``
 verifiable         ``prompt``, ``answer``
 conversational     ``messages``
 text               ``text``
+prompt             ``prompt``                                   (any other columns)
 =================  ===========================================  ==========================
 
 Values of ``prompt``/``completion``/``chosen``/``rejected``/``completions`` items are either strings
@@ -66,6 +67,7 @@ KINDS: dict[str, Kind] = {
         Kind("conversational", ("messages",), (),
              "multi-turn chats: loss on the assistant turns"),
         Kind("text", ("text",), (), "plain text: language modelling on every token"),
+        Kind("prompt", ("prompt",), (), "prompts only: what RL, rejection sampling and best-of-n sample for"),
     )
 }
 KIND_NAMES: tuple[str, ...] = tuple(KINDS)

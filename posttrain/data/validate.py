@@ -260,7 +260,12 @@ def _check_verifiable(r: dict, w: _Where) -> None:
     _number(r, "answer", w, optional=False)
 
 
+def _check_prompt(r: dict, w: _Where) -> None:
+    _text_or_messages(r["prompt"], "prompt", w)
+
+
 _CHECKS = {
+    "prompt": _check_prompt,
     "text": _check_text,
     "prompt_completion": _check_prompt_completion,
     "conversational": _check_conversational,

@@ -38,7 +38,7 @@ from posttrain.io import MetricsWriter, atomic_write_json, atomic_write_text, re
 
 from . import distributed
 
-IGNORED_KEYS = frozenset({"progress", "resume", "num_threads", "tensorboard", "device", "log_every"})
+IGNORED_KEYS = frozenset({"progress", "resume", "num_threads", "tensorboard", "device", "log_every", "output_dir"})
 CHECKPOINT_PREFIX = "step-"
 
 

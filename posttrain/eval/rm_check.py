@@ -8,8 +8,8 @@ Steps (each a normal stage run under ``--out``; finished runs are reused, so a s
 3. K-wise RMs (InstructGPT loss) on rankings (``ranking/train``, K = 4) against pairwise ones, on two
    annotation budgets (``--budget``):
 
-   * the same number of annotated PROMPTS (``kwise_400_prompts`` vs ``pairwise_400_prompts``: all 400
-     rankings vs the first 400 pairs). This is the budget InstructGPT's argument is about: a labeller's
+   * the same number of annotated PROMPTS (``kwise_1600_prompts`` vs ``pairwise_1600_prompts``: all 1600
+     rankings vs the 1600 pairs). This is the budget InstructGPT's argument is about: a labeller's
      unit of work is a prompt — read it once, then order its K responses — and one ranking yields
      C(K, 2) = 6 comparisons;
    * the same number of labelled COMPARISONS (``kwise``: ⌈1600 / 6⌉ = 267 rankings = 1602 comparisons vs

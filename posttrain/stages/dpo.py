@@ -618,7 +618,7 @@ def make_pairs(texts: Sequence[str], scores: Sequence[float], *, mode: str = "be
     raise ValueError(f"unknown pairing mode {mode!r}")
 
 
-PROMPT_KINDS = ("preference", "ranking", "unpaired", "prompt_completion", "verifiable", "conversational")
+PROMPT_KINDS = ("prompt", "preference", "ranking", "unpaired", "prompt_completion", "verifiable", "conversational")
 
 
 def _prompt_of(row: dict) -> Any:

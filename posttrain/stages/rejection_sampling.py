@@ -57,9 +57,8 @@ __all__ = ["run", "best_of_n", "select_samples", "eligible_mask", "best_of_n_wei
 
 STAGE = "rejection-sampling"
 BON_STAGE = "best-of-n"
-# Kinds whose rows carry a prompt (conversational rows: the messages before the last assistant turn); a
-# prompt-only kind is used as soon as the data layer defines one.
-PROMPT_KINDS = tuple(k for k in ("prompt", "prompt_only", "preference", "ranking", "unpaired", "prompt_completion",
+# Kinds whose rows carry a prompt (conversational rows: the messages before the last assistant turn).
+PROMPT_KINDS = tuple(k for k in ("prompt", "preference", "ranking", "unpaired", "prompt_completion",
                                  "verifiable", "conversational") if k in KINDS)
 
 

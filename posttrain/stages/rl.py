@@ -65,7 +65,7 @@ __all__ = ["run", "load", "Loaded", "PolicyWithValue", "PromptSet", "load_prompt
            "PROMPT_KINDS"]
 
 # Dataset kinds whose rows carry a prompt (the other columns are passed to the reward as ``columns``).
-PROMPT_KINDS = ("prompt", "prompt_only", "verifiable", "prompt_completion", "preference", "ranking", "unpaired")
+PROMPT_KINDS = ("prompt", "verifiable", "prompt_completion", "preference", "ranking", "unpaired")
 
 
 # ------------------------------------------------------------------------------------------ models

@@ -36,7 +36,7 @@ from posttrain.world.tasks import (ARITH_MAX, ARITH_OPS, FEELINGS, HOWTO, HOWTO_
 
 SEEN_FRACTION = 0.6
 # how many rows of each file; a small world keeps SFT ≈ 1–2 min and RM/PPO fast on 2 CPU cores
-SIZES = {"preference": (1600, 320), "ranking": (400, 100), "kto": (1600, 320), "verifiable": (800, 200),
+SIZES = {"preference": (1600, 320), "ranking": (1600, 100), "kto": (1600, 320), "verifiable": (800, 200),
          "rl": 800, "prompts": {"fact": 80, "emotional": 36, "howto": 12, "arith": 64, "reason": 64}}
 # family shares of the labelled files (preference, ranking, kto) and of RL prompts
 LABEL_MIX = {"fact": 0.35, "emotional": 0.2, "howto": 0.15, "arith": 0.15, "reason": 0.15}

@@ -3,13 +3,16 @@
 :func:`good_response` is the canonical best answer of a task (what gold's length allowance is measured
 against). :func:`make_response` writes one response of a named *kind*; the kinds cover what real
 candidates get wrong: rambling on after the answer, never answering, blunt instead of warm, prose instead
-of a structured list, wrong values, padding, truncation, a missing ``<think>`` block::
+of a structured list, wrong values, padding, truncation, a missing ``<think>`` block, the register of
+another family (``misfit``: sympathy instead of an answer, a list instead of sympathy; ``sympathy``: the
+answer wrapped in sympathy nobody asked for) — the shortcuts an RL policy finds against a reward model that
+never saw them::
 
-    fact       good terse filler elaborate repeat ramble lost wrong wrong_ramble truncated
-    emotional  warm neutral blunt warm_wrong warm_long ramble lost truncated
-    howto      structured plain plain_list partial wrong structured_long ramble lost truncated
-    arith      good answer_is terse wrong ramble lost filler truncated
-    reason     good no_think wrong wrong_answer ramble lost filler truncated unclosed
+    fact       good terse filler elaborate repeat ramble lost wrong wrong_ramble truncated misfit sympathy
+    emotional  warm neutral blunt warm_wrong warm_long ramble lost truncated misfit
+    howto      structured plain plain_list partial wrong structured_long ramble lost truncated misfit sympathy
+    arith      good answer_is terse wrong ramble lost filler truncated misfit sympathy
+    reason     good no_think wrong wrong_answer ramble lost filler truncated unclosed misfit sympathy
 
 :data:`CANDIDATE_MIX` weights the kinds for preference candidates; :data:`SFT_MIX` for instruction data
 (mostly good, but with the style left for RLHF to change: blunt/neutral emotional answers, prose how-tos).
@@ -20,7 +23,7 @@ from __future__ import annotations
 import random
 
 from posttrain.world.kb import KnowledgeBase, alias
-from posttrain.world.tasks import HOWTO, SITUATIONS, Task, reason_work
+from posttrain.world.tasks import FEELINGS, HOWTO, SITUATIONS, Task, reason_work
 
 FILLERS = ("I hope this helps.", "Let me know if you have more questions.", "Great question!",
            "Thanks for asking!", "I am happy to help.", "Here is the answer.")
@@ -117,6 +120,13 @@ def make_response(task: Task, kind: str, rng: random.Random, kb: KnowledgeBase |
         return first + " " + " ".join(drift(rng, rng.randint(2, 4), task.fact.subject if fam == "fact" else None, kb))
     if kind == "truncated":
         return _truncate(good, rng)
+    if kind == "misfit":  # the register of another family: sympathy for a question, a list for a feeling
+        if fam == "emotional":
+            return _structured(HOWTO[rng.choice(sorted(HOWTO))], bold=True)
+        _, advice = rng.choice(SITUATIONS)
+        return f"I am sorry you feel {rng.choice(FEELINGS)}. That sounds hard. Try to {advice}. You are not alone."
+    if kind == "sympathy" and fam != "emotional":  # the answer, wrapped in sympathy nobody asked for
+        return f"I am sorry you feel {rng.choice(FEELINGS)}. That sounds hard. {good}"
     if kind == "filler":
         fill = rng.sample(FILLERS, rng.randint(1, 2))
         return f"{fill[0]} {good}" + (f" {fill[1]}" if len(fill) > 1 else "") if rng.random() < 0.3 else \
@@ -200,15 +210,16 @@ def make_response(task: Task, kind: str, rng: random.Random, kb: KnowledgeBase |
 
 CANDIDATE_MIX: dict[str, dict[str, float]] = {
     "fact": {"good": 0.22, "terse": 0.04, "filler": 0.1, "elaborate": 0.1, "repeat": 0.04, "ramble": 0.14,
-             "lost": 0.1, "wrong": 0.14, "wrong_ramble": 0.06, "truncated": 0.06},
+             "lost": 0.1, "wrong": 0.14, "wrong_ramble": 0.06, "truncated": 0.06, "misfit": 0.06, "sympathy": 0.06},
     "emotional": {"warm": 0.24, "neutral": 0.14, "blunt": 0.2, "warm_wrong": 0.1, "warm_long": 0.1,
-                  "ramble": 0.1, "lost": 0.06, "truncated": 0.06},
+                  "ramble": 0.1, "lost": 0.06, "truncated": 0.06, "misfit": 0.08},
     "howto": {"structured": 0.24, "plain": 0.2, "plain_list": 0.1, "partial": 0.06, "wrong": 0.08,
-              "structured_long": 0.1, "ramble": 0.1, "lost": 0.06, "truncated": 0.06},
+              "structured_long": 0.1, "ramble": 0.1, "lost": 0.06, "truncated": 0.06, "misfit": 0.06,
+              "sympathy": 0.06},
     "arith": {"good": 0.26, "answer_is": 0.06, "terse": 0.04, "wrong": 0.26, "ramble": 0.12, "lost": 0.08,
-              "filler": 0.12, "truncated": 0.06},
+              "filler": 0.12, "truncated": 0.06, "misfit": 0.06, "sympathy": 0.06},
     "reason": {"good": 0.24, "no_think": 0.14, "wrong": 0.14, "wrong_answer": 0.1, "ramble": 0.1, "lost": 0.06,
-               "filler": 0.1, "truncated": 0.06, "unclosed": 0.06},
+               "filler": 0.1, "truncated": 0.06, "unclosed": 0.06, "misfit": 0.06, "sympathy": 0.06},
 }
 SFT_MIX: dict[str, dict[str, float]] = {
     "fact": {"good": 0.8, "filler": 0.1, "elaborate": 0.1},
