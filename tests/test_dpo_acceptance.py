@@ -89,7 +89,8 @@ def _dpo(name: str, sft: Path, train: str, tag: str | None = None) -> tuple[Path
 
     out = WORK / f"dpo-{tag or name}"
     t0 = time.perf_counter()
-    s = run(DPOConfig(model=str(sft), loss=name, data={"train": train, "max_len": MAX_LEN,
+    extra = {"label_smoothing": 0.1} if name in ("cdpo", "robust_dpo") else {}  # ε = 0 would be plain DPO
+    s = run(DPOConfig(model=str(sft), loss=name, **extra, data={"train": train, "max_len": MAX_LEN,
                                                        "max_prompt_len": MAX_PROMPT},
                       output_dir=str(out), progress=False, sample_prompts=0, **TOY))
     s.setdefault("wall_s", round(time.perf_counter() - t0, 1))

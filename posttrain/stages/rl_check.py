@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/rl_check")
     ap.add_argument("--parts", default="ppo,grpo,overopt,rlvr")
     ap.add_argument("--per-family", type=int, default=32, help="eval prompts per family")
-    ap.add_argument("--rm-data", choices=["world", "onpolicy"], default="onpolicy",
+    ap.add_argument("--rm-data", choices=["world", "onpolicy"], default="world",
                     help="reward-model data: the world's ranking file (the instructgpt recipe's), or SFT samples "
                          "ranked by the simulated annotators (InstructGPT's procedure)")
     ap.add_argument("--progress", action="store_true")
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rm_eval": {k: v for k, v in (rm_summary.get("eval") or {}).items()
                                 if isinstance(v, (int, float))}}
     rows = world_eval_rows(world, EVAL_FAMILIES, per_family=args.per_family)
-    prompts = str(world / "preference/train.jsonl")  # prompt-only rl/train.jsonl needs a data-layer kind
+    prompts = str(world / "rl/train.jsonl")  # prompt-only rows
     common = [f"model={sft}", f"reward=rm:{rm}", f"data.train={prompts}", "data.max_prompt_len=48",
               "generation.max_new_tokens=40", "sample_every=10"]
     if args.threads:
