@@ -82,7 +82,7 @@ def test_pool_is_seeded_and_mixes_annotators():
 
 @pytest.fixture(scope="module")
 def pairs():
-    return candidate_pairs(0, 1500)
+    return candidate_pairs(0, 3000)
 
 
 def test_agreement_with_gold_is_in_the_target_band(pairs):
