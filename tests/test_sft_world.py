@@ -7,12 +7,12 @@ answers >= 80% of the factual prompts whose facts the instruction data covers (`
 answers those questions correctly far more often than the base model: SFT teaches the answer *format* and
 elicits knowledge planted in pretraining.
 
-Measured (world seed 0, 300 steps × 16, lr 2e-3, 5.3 epochs, ~2 min on one core): helpful on seen facts
-0.00 -> 0.93, on unseen facts 0.00 -> 0.47-0.50; unseen facts answered correctly 0.00 -> 0.23-0.28 (the
-model often answers an unseen question about the wrong entity, which the gold judge counts as unhelpful);
-arith 0 -> 1.0, emotional 0.36 -> 1.0, howto 0 -> 0.83 helpful.
+Measured (world content hash d521375447c4, 300 steps × 16, lr 2e-3, 24 s on 2 cores; 4 samples per prompt at
+T = 1): helpful on seen facts 0.07 -> 0.97, on unseen facts 0.04 -> 0.73; unseen facts answered correctly
+0.04 -> 0.47.
 
-Greedy decoding, the world's eval prompt sets (``posttrain.world.evaluate.eval_prompts``) and gold judges
+Sampling at temperature 1 (4 samples per prompt; under greedy decoding the base model, pretrained with
+document-start positions, states the asked fact in ~60% of seen-fact prompts), the world's eval prompt sets (``posttrain.world.evaluate.eval_prompts``) and gold judges
 (``posttrain.world.gold``).
 """
 
@@ -26,6 +26,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SFT_STEPS, SFT_LR, SFT_BATCH = 300, 2e-3, 16
+SAMPLES = 4  # samples per prompt, temperature 1 (the issue's "in under 20% of samples")
 
 
 def _respond(model_dir: Path, prompts: list) -> list[str]:
@@ -34,7 +35,7 @@ def _respond(model_dir: Path, prompts: list) -> list[str]:
     from posttrain.stages.common import generate_samples
 
     model, tok = load_causal_lm(str(model_dir), device="cpu", dtype="fp32")
-    rows = generate_samples(model, tok, prompts, GenerationConfig(max_new_tokens=40, temperature=0.0),
+    rows = generate_samples(model, tok, prompts, GenerationConfig(max_new_tokens=40, temperature=1.0),
                             max_prompt_len=64, seed=0, step=0, batch_size=64)
     return [r["completion"] for r in rows]
 
@@ -42,6 +43,7 @@ def _respond(model_dir: Path, prompts: list) -> list[str]:
 def _rates(model_dir: Path, prompts: list) -> tuple[float, float]:
     from posttrain.world.gold import is_correct_fact, is_helpful
 
+    prompts = [p for p in prompts for _ in range(SAMPLES)]
     responses = _respond(model_dir, prompts)
     helpful = sum(is_helpful(p, r) for p, r in zip(prompts, responses)) / len(prompts)
     correct = sum(is_correct_fact(p, r) for p, r in zip(prompts, responses)) / len(prompts)
