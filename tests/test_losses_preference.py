@@ -137,7 +137,8 @@ def test_dpo_beta_to_zero_limit():
     loss, _ = dpo_loss(c, r, t(-2.0), t(-3.0), chosen_lengths=t(1), rejected_lengths=t(1), beta=beta)
     close(loss, math.log(2) - beta * 3 / 2 + beta ** 2 * 9 / 8, rtol=1e-12)
     (g,) = torch.autograd.grad(loss, c)
-    close(g / beta, [-0.5], rtol=1e-3)
+    close(g / beta, [-1 / (1 + math.exp(beta * 3))])  # −σ(−βh): within 1.5e-4 of the limit −½
+    assert abs(g.item() / beta + 0.5) < 1e-4
 
 
 def test_dpo_gradient_on_two_token_toy_policy():
