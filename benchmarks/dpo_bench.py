@@ -30,7 +30,6 @@ Usage: ``python -m benchmarks.dpo_bench [--rounds 3] [--steps 20] [--profile]``
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import statistics
@@ -41,48 +40,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TRL_ENV = HERE / ".env-trl"
-TRL_LOCK = HERE / ".env-trl.lock"
 WORK = HERE / "results" / "dpo_bench"
-TORCH_PIN = "torch==2.13.0"
-TRL_PIN = "trl==1.16.0"
 N_ROWS = 512
 
-
-# ------------------------------------------------------------------------------------ TRL venv
-def _trl_ok() -> bool:
-    py = TRL_ENV / "bin" / "python"
-    if not py.exists():
-        return False
-    r = subprocess.run([str(py), "-c", "import trl, torch; print(trl.__version__, torch.__version__)"],
-                       capture_output=True, text=True)
-    return r.returncode == 0 and r.stdout.startswith("1.16.0 2.13.0")
-
-
-def ensure_trl_env() -> Path:
-    """Create ``benchmarks/.env-trl`` if absent (under an exclusive flock; another benchmark may create the
-    same venv with the same recipe)."""
-    with open(TRL_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not _trl_ok():
-                print(f"creating {TRL_ENV} ({TORCH_PIN}, then {TRL_PIN}) ...", flush=True)
-                if not (TRL_ENV / "bin" / "python").exists():
-                    subprocess.run([sys.executable, "-m", "venv", str(TRL_ENV)], check=True)
-                pip = [str(TRL_ENV / "bin" / "python"), "-m", "pip", "install", "-q"]
-                if not _torch_in_env():
-                    subprocess.run(pip + [TORCH_PIN], check=True)
-                subprocess.run(pip + [TRL_PIN], check=True)
-                if not _trl_ok():
-                    raise SystemExit(f"could not set up {TRL_ENV}")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return TRL_ENV / "bin" / "python"
-
-
-def _torch_in_env() -> bool:
-    r = subprocess.run([str(TRL_ENV / "bin" / "python"), "-c", "import torch"], capture_output=True)
-    return r.returncode == 0
+sys.path.insert(0, str(HERE))
+from peer_env import ensure_env  # noqa: E402  (benchmarks/peer_env.py: the shared TRL venv)
 
 
 # ----------------------------------------------------------------------------------- fixtures
@@ -309,7 +271,7 @@ def main(argv=None) -> int:
         return 0
 
     fx = prepare(args)
-    trl_py = None if args.skip_trl else str(ensure_trl_env())
+    trl_py = None if args.skip_trl else str(ensure_env("trl"))
     me = sys.executable
     # (label, side, python, precompute reference, share prompt)
     variants = [("posttrain (default)", "posttrain", me, True, False),

@@ -36,7 +36,6 @@ Usage: ``python -m benchmarks.reward_bench [--models tiny,small] [--rounds 3] [-
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import statistics
@@ -47,51 +46,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-TRL_ENV = HERE / ".env-trl"
-TRL_LOCK = HERE / ".env-trl.lock"
 WORK = HERE / "results" / "reward_bench"
-TORCH_PIN = "torch==2.13.0"
-TRL_PIN = "trl==1.16.0"
 N_ROWS = 512
 LR = 1e-5
 
-
-# ------------------------------------------------------------------------------------ TRL venv
-def _env_python() -> Path:
-    return TRL_ENV / "bin" / "python"
-
-
-def _trl_ok() -> bool:
-    py = _env_python()
-    if not py.exists():
-        return False
-    r = subprocess.run([str(py), "-c", "import trl, torch, posttrain; print(trl.__version__, torch.__version__)"],
-                       capture_output=True, text=True)
-    return r.returncode == 0 and r.stdout.startswith("1.16.0 2.13.0")
-
-
-def ensure_trl_env() -> Path:
-    """Create ``benchmarks/.env-trl`` if absent or incomplete, under an exclusive flock (other benchmarks
-    build the same venv with the same recipe)."""
-    with open(TRL_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not _trl_ok():
-                print(f"setting up {TRL_ENV} ({TORCH_PIN}, then {TRL_PIN}, then posttrain editable) ...", flush=True)
-                if not _env_python().exists():
-                    subprocess.run([sys.executable, "-m", "venv", str(TRL_ENV)], check=True)
-                pip = [str(_env_python()), "-m", "pip", "install", "-q"]
-                if subprocess.run([str(_env_python()), "-c", "import torch"], capture_output=True).returncode:
-                    subprocess.run(pip + [TORCH_PIN], check=True)
-                if subprocess.run([str(_env_python()), "-c", "import trl"], capture_output=True).returncode:
-                    subprocess.run(pip + [TRL_PIN], check=True)
-                if subprocess.run([str(_env_python()), "-c", "import posttrain"], capture_output=True).returncode:
-                    subprocess.run(pip + ["--no-deps", "-e", str(ROOT)], check=True)
-                if not _trl_ok():
-                    raise SystemExit(f"could not set up {TRL_ENV}")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return _env_python()
+sys.path.insert(0, str(HERE))
+from peer_env import ensure_env  # noqa: E402  (benchmarks/peer_env.py: the shared TRL venv)
 
 
 # ----------------------------------------------------------------------------------- fixtures
@@ -295,7 +255,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(fn(args)), flush=True)
         return 0
 
-    trl_py = None if args.skip_trl else str(ensure_trl_env())
+    trl_py = None if args.skip_trl else str(ensure_env("trl"))
     sides = [("posttrain", sys.executable)] + ([("posttrain_unshared", sys.executable)] if args.like_for_like else [])
     sides += [("trl", trl_py)] if trl_py else []
     table = []

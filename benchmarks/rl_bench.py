@@ -39,7 +39,6 @@ where the time goes. Results are written to ``benchmarks/results/rl_bench.json``
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import statistics
@@ -55,48 +54,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORK = HERE / "results" / "rl_bench"
-ENVS = {  # name: (folder, lock, pins)
-    "trl": (HERE / ".env-trl", HERE / ".env-trl.lock", ("torch==2.13.0", "trl==1.16.0")),
-    "trl112": (HERE / ".env-trl112", HERE / ".env-trl112.lock", ("torch==2.13.0", "trl==1.12.0")),
-}
+sys.path.insert(0, str(HERE))
+from peer_env import ensure_env  # noqa: E402  (benchmarks/peer_env.py: .env-trl and .env-trl112)
 PEER_ENV = {"grpo": "trl", "rloo": "trl", "ppo": "trl112"}
 
 
 def vowel_reward(prompts, completions, **kwargs):
     """The reward both sides use for GRPO/RLOO: the number of vowels in the completion."""
     return [float(sum(ch in "aeiou" for ch in str(c).lower())) for c in completions]
-
-
-# ------------------------------------------------------------------------------------ TRL venvs
-def _env_ok(name: str) -> bool:
-    folder, _, pins = ENVS[name]
-    py = folder / "bin" / "python"
-    if not py.exists():
-        return False
-    want = pins[1].split("==")[1] + " " + pins[0].split("==")[1]
-    r = subprocess.run([str(py), "-c", "import trl, torch; print(trl.__version__, torch.__version__)"],
-                       capture_output=True, text=True)
-    return r.returncode == 0 and r.stdout.startswith(want)
-
-
-def ensure_env(name: str) -> Path:
-    """Create the peer's venv if absent (torch pinned first, then TRL), under an exclusive flock."""
-    folder, lock_file, pins = ENVS[name]
-    with open(lock_file, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not _env_ok(name):
-                print(f"creating {folder} ({pins[0]}, then {pins[1]}) ...", flush=True)
-                if not (folder / "bin" / "python").exists():
-                    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
-                pip = [str(folder / "bin" / "python"), "-m", "pip", "install", "-q"]
-                subprocess.run(pip + [pins[0]], check=True)
-                subprocess.run(pip + [pins[1]], check=True)
-                if not _env_ok(name):
-                    raise SystemExit(f"could not set up {folder}")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return folder / "bin" / "python"
 
 
 # ----------------------------------------------------------------------------------- fixtures

@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.peer_env import ensure_env
+
 ROOT = Path(__file__).resolve().parent.parent
-TRL_PY = ROOT / "benchmarks" / ".env-trl" / "bin" / "python"
 
 # stage -> (script, extra args, extra args when --quick)
 STAGES: dict[str, tuple[str, list[str], list[str]]] = {
@@ -30,18 +31,6 @@ STAGES: dict[str, tuple[str, list[str], list[str]]] = {
     "ppo": ("rl_bench.py", ["--algos", "ppo"], ["--rounds", "1", "--steps", "3"]),
     "rollout": ("rollout_bench.py", [], ["--repeats", "1"]),
 }
-
-
-def _ensure_trl_env() -> None:
-    """The TRL environment the SFT script runs in (the other scripts create theirs themselves)."""
-    if TRL_PY.exists():
-        return
-    env_dir = TRL_PY.parent.parent
-    lock = ROOT / "benchmarks" / ".env-trl.lock"
-    cmd = (f"flock {lock} sh -c 'test -x {TRL_PY} || ({sys.executable} -m venv {env_dir} && "
-           f"{TRL_PY} -m pip install -q torch==2.13.0 && {TRL_PY} -m pip install -q trl==1.16.0 && "
-           f"{TRL_PY} -m pip install -q -e {ROOT})'")
-    subprocess.run(cmd, shell=True, check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         script, extra, quick = STAGES[name]
         py = sys.executable
         if name == "sft":
-            _ensure_trl_env()
-            py = str(TRL_PY)  # the SFT script imports both libraries (posttrain is installed there editable)
+            py = str(ensure_env("trl"))  # the SFT script imports both libraries (posttrain is installed there editable)
         cmd = [py, str(ROOT / "benchmarks" / script), *extra, *(quick if args.quick else [])]
         if name == "rollout" and args.device != "cpu":
             cmd += ["--device", args.device]
