@@ -1,8 +1,8 @@
 """Measured acceptance of ``posttrain rejection-sampling`` and ``posttrain best-of-n`` on the toy world:
 ``python -m posttrain.stages.rs_check [--sft RUN] [--rm RUN] [--out runs/rs_check]``.
 
-1. An SFT model (``--sft``, default: trained here with the recipes' toy settings) and a K-wise reward model on
-   the world's rankings (``--rm``, default: trained here, one epoch as in the instructgpt recipe).
+1. An SFT model (``--sft``) and a K-wise reward model on the world's rankings (``--rm``); by default both are
+   trained here exactly as ``posttrain.stages.rl_check`` trains them (the instructgpt recipe's toy settings).
 2. ``rejection_sampling``: N = 8 completions per training prompt from the SFT model, scored by the reward model
    (never by gold), the top-1 per prompt kept, then SFT of the SFT model on the selection. Judged by the hidden
    gold reward against the SFT model on the world's held-out eval prompts (same sampling settings and seeds on
@@ -18,34 +18,12 @@ Results: ``OUT/rs_check.json`` and tables on stdout. Finished runs are reused.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 FAMILIES = ("fact", "emotional", "howto", "arith", "reason")
 TOY = {"max_len": 96, "max_prompt_len": 48}
-
-
-def _sft(world: Path, out: Path) -> Path:
-    from posttrain.config import SFTConfig
-    from posttrain.stages.sft import run
-
-    run(SFTConfig(model=str(world / "base_model"), output_dir=str(out / "sft"), progress=False, sample_prompts=0,
-                  data={"train": str(world / "sft/train.jsonl"), "eval": str(world / "sft/eval.jsonl"), **TOY},
-                  max_steps=150, batch_size=32, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1))
-    return out / "sft"
-
-
-def _rm(world: Path, sft: Path, out: Path) -> Path:
-    from posttrain.config import RewardModelConfig
-    from posttrain.stages.reward_model import run
-
-    run(RewardModelConfig(model=str(sft), output_dir=str(out / "reward_model"), progress=False, loss="kwise",
-                          data={"train": str(world / "ranking/train.jsonl"),
-                                "eval": str(world / "preference/eval.jsonl"), **TOY},
-                          max_steps=100, batch_size=4, lr=3e-4, warmup_steps=10))
-    return out / "reward_model"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,14 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     from posttrain.io import atomic_write_json, write_jsonl
     from posttrain.models.load import load_causal_lm
     from posttrain.stages.rejection_sampling import best_of_n, run as rs_run
+    from posttrain.stages.rl_check import _rm, _sft  # the same toy SFT and K-wise RM as the RL check
     from posttrain.world.build import build_world
 
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     world = Path(build_world(args.world).root)
-    sft = Path(args.sft) if args.sft else _sft(world, out)
-    rm = Path(args.rm) if args.rm else _rm(world, sft, out)
+    sft = Path(args.sft) if args.sft else _sft(world, out, False, None)
+    rm = Path(args.rm) if args.rm else _rm(world, sft, out, False, None)[0]
     report: dict = {"world": str(world), "sft": str(sft), "rm": str(rm)}
 
     rs = rs_run(RejectionSamplingConfig(
