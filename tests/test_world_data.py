@@ -106,15 +106,20 @@ def test_every_post_training_prompt_is_a_world_prompt_and_checkable_answers_chec
 
 
 def test_instruction_data_is_on_format(world):
-    """Every SFT completion answers (gold helpful) and is correct; emotional/how-to style is mixed on
-    purpose (RLHF's job), so warm and bold-list answers are present but not universal."""
+    """Every SFT completion answers first (gold helpful) and is correct; what RLHF is for is left in on
+    purpose: about half of the fact/arith/reason demonstrations ramble on after the answer (drift), and
+    emotional/how-to style is mixed, so warm and bold-list answers are present but not the rule."""
     rows = world["sft/train.jsonl"]
     comps = [gold_components(r["prompt"], r["completion"]) for r in rows]
-    assert all(c["helpful"] == 1.0 and c["correct"] == 1.0 and c["drift"] == 0.0 for c in comps)
+    assert all(c["helpful"] == 1.0 and c["correct"] == 1.0 for c in comps)
+    for fam in ("fact", "arith", "reason"):
+        fc = [c for c in comps if c["family"] == fam]
+        assert 0.35 < sum(c["drift"] > 0 for c in fc) / len(fc) < 0.65, fam
+    assert all(c["drift"] == 0.0 for c in comps if c["family"] in ("emotional", "howto"))
     emo = [c for c in comps if c["family"] == "emotional"]
     how = [c for c in comps if c["family"] == "howto"]
-    assert 0.2 < sum(c["style"] > 0 for c in emo) / len(emo) < 0.6
-    assert 0.1 < sum(c["format"] == 1.0 for c in how) / len(how) < 0.5
+    assert 0.1 < sum(c["style"] > 0 for c in emo) / len(emo) < 0.45
+    assert 0.1 < sum(c["format"] == 1.0 for c in how) / len(how) < 0.35
     fams = {c["family"] for c in comps}
     assert fams == {"fact", "emotional", "howto", "arith", "reason"}
 
