@@ -3,7 +3,8 @@
 Builds (or reuses) the toy world, an SFT model on its demonstrations and a K-wise reward model on its
 rankings (the instructgpt recipe's settings), then measures:
 
-* ``ppo`` / ``grpo`` — RL from the SFT model against the reward model at the configured KL; gold win-rate vs
+* ``ppo`` / ``grpo`` — RL from the SFT model against the reward model at the configured KL (PPO with the
+  instructgpt recipe's PPO settings, read from the recipe; GRPO with the stage's defaults); gold win-rate vs
   the SFT model on the world's held-out eval prompts (same sampling settings and seed on both sides; ties
   count ½), gold reward, KL to the SFT model, response length. Target: win-rate ≥ 65% each.
 * ``overopt`` — GRPO with β = 0 for many steps: the proxy (reward-model) reward keeps rising while the gold
@@ -25,6 +26,16 @@ import time
 from pathlib import Path
 
 EVAL_FAMILIES = ("fact", "emotional", "howto", "arith")
+_OWN = ("model", "reward", "data", "output_dir", "generation", "sample_every", "checkpoint_every")
+
+
+def _recipe_ppo() -> list[str]:
+    """The instructgpt recipe's PPO stage settings as ``key=value`` overrides (what the demo runs), less
+    the keys rl_check sets itself (model, reward, data, output, generation)."""
+    from posttrain.recipes import load_recipe
+
+    stage = next(s for s in load_recipe("instructgpt").stages if s.command == "rl")
+    return [f"{k}={v}" for k, v in stage.config.items() if k not in _OWN]
 
 
 def _sft(world, out: Path, progress: bool, threads: int | None):
@@ -180,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         common.append(f"num_threads={args.threads}")
     try:
         if "ppo" in parts:
-            path, curve = _rl("ppo", out, common + ["algo=ppo"], args.progress)
+            path, curve = _rl("ppo", out, common + _recipe_ppo(), args.progress)
             report["ppo"] = {"eval": _evaluate(path, sft, rows), "curve": curve}
         if "grpo" in parts:
             path, curve = _rl("grpo", out, common + ["algo=grpo"], args.progress)
