@@ -5,8 +5,8 @@ rankings (the instructgpt recipe's settings), then measures:
 
 * ``ppo`` / ``grpo`` — RL from the SFT model against the reward model at the configured KL (PPO with the
   instructgpt recipe's PPO settings, read from the recipe; GRPO with the stage's defaults); gold win-rate vs
-  the SFT model on the world's held-out eval prompts (same sampling settings and seed on both sides; ties
-  count ½), gold reward, KL to the SFT model, response length. Target: win-rate ≥ 65% each.
+  the SFT model on all 256 held-out eval prompts × 2 samples, as the recipes evaluate (same sampling
+  settings and seed on both sides; ties count ½), gold reward, KL to the SFT model, response length. Target: win-rate ≥ 65% each.
 * ``overopt`` — GRPO with β = 0 for many steps: the proxy (reward-model) reward keeps rising while the gold
   reward of the same rollouts (logged every step, never trained on) peaks and falls.
 * ``rlvr`` — GRPO with ``reward=verifier:math`` on the verifiable (arithmetic) prompts: held-out exact match
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-EVAL_FAMILIES = ("fact", "emotional", "howto", "arith")
+EVAL_FAMILIES = ("fact", "emotional", "howto", "arith", "reason")  # the recipes' evaluation set
 _OWN = ("model", "reward", "data", "output_dir", "generation", "sample_every", "checkpoint_every")
 
 
@@ -137,12 +137,13 @@ def _load(path: Path):
     return load_causal_lm(str(path), device="cpu", dtype="fp32")
 
 
-def _evaluate(policy_dir: Path, sft_dir: Path, rows: list, *, temperature: float = 1.0, seed: int = 0) -> dict:
+def _evaluate(policy_dir: Path, sft_dir: Path, rows: list, *, temperature: float = 1.0, seed: int = 0,
+              num_samples: int = 1) -> dict:
     from posttrain.eval.policy import evaluate_policy
 
     model, tok = _load(policy_dir)
     sft, _ = _load(sft_dir)
-    res = evaluate_policy(model, tok, rows, reference=sft, baseline=sft, seed=seed,
+    res = evaluate_policy(model, tok, rows, reference=sft, baseline=sft, seed=seed, num_samples=num_samples,
                           generation={"temperature": temperature, "max_new_tokens": 40}, max_prompt_len=48)
     return res.metrics
 
@@ -152,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--world", default=None, help="toy world folder (default $POSTTRAIN_WORLD or .posttrain/world)")
     ap.add_argument("--out", default="runs/rl_check")
     ap.add_argument("--parts", default="ppo,grpo,overopt,rlvr")
-    ap.add_argument("--per-family", type=int, default=32, help="eval prompts per family")
+    ap.add_argument("--per-family", type=int, default=None,
+                    help="eval prompts per family (default: all 256 held-out prompts, as the recipes evaluate)")
+    ap.add_argument("--samples", type=int, default=2, help="samples per eval prompt (the recipes' 2)")
     ap.add_argument("--rm-data", choices=["world", "onpolicy"], default="world",
                     help="reward-model data: the world's ranking file (the instructgpt recipe's), or SFT samples "
                          "ranked by the simulated annotators (InstructGPT's procedure)")
@@ -192,10 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "ppo" in parts:
             path, curve = _rl("ppo", out, common + _recipe_ppo(), args.progress)
-            report["ppo"] = {"eval": _evaluate(path, sft, rows), "curve": curve}
+            report["ppo"] = {"eval": _evaluate(path, sft, rows, num_samples=args.samples), "curve": curve}
         if "grpo" in parts:
             path, curve = _rl("grpo", out, common + ["algo=grpo"], args.progress)
-            report["grpo"] = {"eval": _evaluate(path, sft, rows), "curve": curve}
+            report["grpo"] = {"eval": _evaluate(path, sft, rows, num_samples=args.samples), "curve": curve}
         if "overopt" in parts:
             path, curve = _rl("overopt", out, common + ["algo=grpo", "beta=0", "max_steps=150", "lr=1e-4",
                                                         "sample_every=25"], args.progress)
