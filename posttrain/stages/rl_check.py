@@ -6,7 +6,8 @@ rankings (the instructgpt recipe's settings), then measures:
 * ``ppo`` / ``grpo`` — RL from the SFT model against the reward model at the configured KL (PPO with the
   instructgpt recipe's PPO settings, read from the recipe; GRPO with the stage's defaults); gold win-rate vs
   the SFT model on all 256 held-out eval prompts × 2 samples, as the recipes evaluate (same sampling
-  settings and seed on both sides; ties count ½), gold reward, KL to the SFT model, response length. Target: win-rate ≥ 65% each.
+  settings and seed on both sides; ties count ½), gold reward, KL to the SFT model, response length.
+  Target: win-rate ≥ 65% each.
 * ``overopt`` — GRPO with β = 0 for many steps: the proxy (reward-model) reward keeps rising while the gold
   reward of the same rollouts (logged every step, never trained on) peaks and falls.
 * ``rlvr`` — GRPO with ``reward=verifier:math`` on the verifiable (arithmetic) prompts: held-out exact match
