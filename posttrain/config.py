@@ -189,6 +189,9 @@ class DPOConfig(StageConfig):
                                                        "as in the paper)")
     kto_desirable_weight: float = Field(1.0, gt=0.0, description="KTO λ_D (weight of desirable examples)")
     kto_undesirable_weight: float = Field(1.0, gt=0.0, description="KTO λ_U (weight of undesirable examples)")
+    nll_weight: float = Field(0.0, ge=0.0, le=100.0,
+                              description="RPO α: add α × the chosen completions' per-token NLL to any paired "
+                                          "loss (Pang et al. 2024; 0: off)")
     ref_model: str | None = Field(None, description="reference model (default: the initial policy)")
     precompute_ref: bool = Field(True, description="compute reference log-probs once and cache them in the "
                                                    "run dir (false: on the fly)")

@@ -302,6 +302,38 @@ def test_unknown_loss_and_kto_batch_of_one_are_config_errors(world, tmp_path, ca
     assert not out.exists()
 
 
+def test_rpo_nll_weight_adds_alpha_times_the_chosen_per_token_nll(world):
+    """The objective with nll_weight α equals the plain loss + α · mean_b(−log π(y_w)/|y_w|), with the
+    log-probs recomputed here from the batch; its gradient differs from the plain loss's."""
+    from posttrain.data.tokenize import encode_dataset
+    from posttrain.models.load import load_causal_lm
+
+    policy, tok = load_causal_lm(world["model"], device="cpu", dtype="fp64")
+    ref, _ = load_causal_lm(world["ref"], device="cpu", dtype="fp64")
+    enc = encode_dataset(tok, _pref_rows(6, 5), "preference", max_len=48, max_prompt_len=24).examples
+    b = dpo_stage.PreferenceBatcher(enc, tok.pad_token_id, True, 48)(list(range(6)))
+    spec = PREFERENCE_LOSSES["dpo"]
+    plain, _ = dpo_stage.PreferenceObjective(spec, 0.1, ref_model=ref)(policy, b, 6)
+    rpo, m = dpo_stage.PreferenceObjective(spec, 0.1, ref_model=ref, nll_weight=0.5)(policy, b, 6)
+    with torch.no_grad():
+        lp, n = dpo_stage._sequence_logps(policy, b)
+    nll = float((-lp[:6] / n[:6].double()).mean())
+    assert nll > 0.1
+    assert float(m["nll"]) == pytest.approx(nll, rel=1e-12)
+    assert float(rpo.detach()) == pytest.approx(float(plain.detach()) + 0.5 * nll, rel=1e-12)
+    g_plain = torch.autograd.grad(plain, policy.lm_head.weight)[0]
+    g_rpo = torch.autograd.grad(rpo, policy.lm_head.weight)[0]
+    assert float((g_rpo - g_plain).abs().max()) > 1e-3 * float(g_plain.abs().max())
+
+
+def test_nll_weight_with_kto_is_a_config_error(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, err = _cli(capsys, ["dpo", "loss=kto", "nll_weight=1", f"model={world['model']}",
+                            f"data.train={world['kto']}", f"output_dir={out}"])
+    assert rc == 2 and err.count("\n") == 1 and "key 'nll_weight'" in err
+    assert not out.exists()
+
+
 def test_kto_objective_uses_the_reference_point_of_the_shifted_pairs(world):
     """The stage's KTO loss equals ``kto_loss`` evaluated by hand: z_0 = max(0, mean over the batch of
     log π(y_{k+1}|x_k) − log π_ref(y_{k+1}|x_k)), each sequence scored on its own (float64)."""

@@ -12,6 +12,7 @@ from posttrain.losses.preference import (
     apo_down_loss,
     apo_zero_loss,
     cdpo_loss,
+    chosen_nll_term,
     dpo_loss,
     hinge_loss,
     ipo_loss,
@@ -291,6 +292,25 @@ def test_orpo_log_odds_stable_near_probability_one():
     loss, met = orpo_loss(c, r, None, None, chosen_lengths=t(2), rejected_lengths=t(2), beta=1.0)
     assert torch.isfinite(loss)
     close(met["rewards/chosen"], -1e-10 - math.log(-math.expm1(-1e-10)))
+
+
+# --------------------------------------------------------------------------------------------- RPO
+
+def test_rpo_nll_term_hand_worked_and_with_global_normaliser():
+    """Chosen sums 2·ln ½ over 2 tokens and 3·ln 0.2 over 3 tokens: per-token NLLs ln 2 and ln 5, mean
+    (ln 2 + ln 5)/2 = ln √10; d/dπ_c of −π_c/(|y|·B) is −1/4 and −1/6. With a global normaliser of 4
+    (this micro-batch is half the pairs) the two halves' terms sum to the full batch's."""
+    c = t(2 * math.log(0.5), 3 * math.log(0.2), grad=True)
+    nll = chosen_nll_term(c, t(2, 3))
+    close(nll, 0.5 * math.log(10))
+    (g,) = torch.autograd.grad(nll, c)
+    close(g, [-1 / 4, -1 / 6])
+    x = t(-1.0, -4.0, -9.0, -2.0)
+    lengths = t(1, 2, 3, 4)
+    whole = chosen_nll_term(x, lengths)
+    halves = chosen_nll_term(x[:2], lengths[:2], normaliser=4) + chosen_nll_term(x[2:], lengths[2:], normaliser=4)
+    close(halves, float(whole))
+    close(whole, (1 + 2 + 3 + 0.5) / 4)
 
 
 # --------------------------------------------------------------------------------------------- APO

@@ -282,6 +282,17 @@ def orpo_loss(chosen_logps, rejected_logps, ref_chosen_logps=None, ref_rejected_
                                or_loss=or_loss.detach().mean())
 
 
+def chosen_nll_term(chosen_logps, chosen_lengths, *, normaliser=None) -> torch.Tensor:
+    """The NLL term of RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 2):
+    ``L_NLL = −log π_θ(y_w|x) / |y_w|``, averaged over pairs. A stage adds ``α · L_NLL`` to any paired loss
+    (``L_RPO = L_DPO + α·L_NLL``; the paper uses α = 1). It keeps the chosen completions' likelihood from
+    falling while the margin grows — the usual DPO failure where both log-probs drop and the freed mass
+    goes to text neither completion contains. ``chosen_logps`` are sums, as everywhere in this module.
+    """
+    nll = -chosen_logps / _lengths(chosen_lengths, chosen_logps)          # [B]
+    return batch_mean(nll, normaliser=normaliser)
+
+
 def apo_zero_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, *,
                   chosen_lengths, rejected_lengths, beta: float, normaliser=None) -> tuple[torch.Tensor, Metrics]:
     """APO-zero (D'Oosterlinck et al. 2024, "Anchored Preference Optimization and Contrastive

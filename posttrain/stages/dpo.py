@@ -12,7 +12,8 @@
     the completion tokens (``loss_mask``); the loss itself comes from the registry — this file holds no
     loss math. ``share_prompt=true`` packs each pair as ``prompt + chosen + rejected`` in one row instead
     (a 4-D mask keeps the two completions apart; :func:`shared_prompt_batch`): the same log-probs with
-    every prompt processed once.
+    every prompt processed once. ``nll_weight=α > 0`` adds RPO's term ``α · chosen_nll_term`` (the chosen
+    completions' per-token NLL) to any paired loss and logs it as ``nll``.
 
     Reference log-probs are computed ONCE over the dataset before training (``precompute_ref=true``,
     default) and cached in ``RUN/ref_logps/<split>-<key>.pt``, where ``key`` hashes the tokenised dataset and
@@ -51,7 +52,7 @@ import torch
 
 from posttrain.config import DPOConfig, PreferenceDataConfig
 from posttrain.errors import ConfigError, DataError
-from posttrain.losses.preference import PREFERENCE_LOSSES, LossSpec, kto_reference_point
+from posttrain.losses.preference import PREFERENCE_LOSSES, LossSpec, chosen_nll_term, kto_reference_point
 from posttrain.losses.reduce import masked_sum, num_units
 from posttrain.stages import common
 
@@ -258,10 +259,13 @@ class PreferenceObjective:
     cached)."""
 
     def __init__(self, spec: LossSpec, beta: float, variant_kwargs: dict[str, Any] | None = None,
-                 ref_model: torch.nn.Module | None = None):
+                 ref_model: torch.nn.Module | None = None, nll_weight: float = 0.0):
         self.spec, self.beta = spec, float(beta)
         self.kwargs = dict(variant_kwargs or {})
         self.ref_model = ref_model
+        self.nll_weight = float(nll_weight)
+        if self.nll_weight and not spec.paired:
+            raise ValueError("nll_weight (RPO) needs a paired loss")
 
     @torch.no_grad()
     def _reference(self, batch, rows: slice) -> torch.Tensor:
@@ -292,8 +296,12 @@ class PreferenceObjective:
             logps[:B], logps[B:], None if ref is None else ref[:B], None if ref is None else ref[B:],
             chosen_lengths=lengths[:B], rejected_lengths=lengths[B:], beta=self.beta,
             normaliser=normaliser, **self.kwargs)
+        metrics = dict(metrics)
+        if self.nll_weight:
+            nll = chosen_nll_term(logps[:B], lengths[:B], normaliser=normaliser)
+            loss = loss + self.nll_weight * nll
+            metrics["nll"] = nll.detach()
         with torch.no_grad():
-            metrics = dict(metrics)
             metrics["logps/chosen"] = logps[:B].detach().mean()
             metrics["logps/rejected"] = logps[B:].detach().mean()
             metrics["lengths/chosen"] = lengths[:B].mean()
@@ -503,6 +511,9 @@ def run(cfg: DPOConfig) -> dict:
     if not spec.paired and cfg.batch_size < 2:
         raise ConfigError(f"config: key 'batch_size': loss '{cfg.loss}' needs batch_size >= 2 (its reference "
                           f"point uses mismatched pairs within the batch) (got {cfg.batch_size})")
+    if not spec.paired and cfg.nll_weight:
+        raise ConfigError(f"config: key 'nll_weight': loss '{cfg.loss}' is unpaired; the RPO NLL term needs "
+                          f"chosen completions (got {cfg.nll_weight})")
     ctx = common.setup(cfg)
     # ---- data and models: every user error surfaces here, before the run directory exists
     train_rows = _load_preference_rows(cfg.data.train, spec.paired, key="data.train",
@@ -551,7 +562,7 @@ def run(cfg: DPOConfig) -> dict:
     if caches and spec.paired:
         ref_model = None  # every reference log-prob the loss needs is cached: free the reference
 
-    objective = PreferenceObjective(spec, beta, variant, ref_model=ref_model)
+    objective = PreferenceObjective(spec, beta, variant, ref_model=ref_model, nll_weight=cfg.nll_weight)
     share = dict(share_prompt=cfg.share_prompt, mask_dtype=common.mask_dtype(trainer))
     batcher = PreferenceBatcher(train.examples, tok.pad_token_id, spec.paired, cfg.data.max_len,
                                 ref_cached.get("train"), **share)
@@ -575,12 +586,12 @@ def run(cfg: DPOConfig) -> dict:
                                                       max_prompt_len=cfg.data.max_prompt_len))
     last = trainer.last_metrics
     summary.update({
-        "loss": cfg.loss, "beta": beta, **variant, "needs_reference": spec.needs_reference,
+        "loss": cfg.loss, "beta": beta, **variant, "nll_weight": cfg.nll_weight, "needs_reference": spec.needs_reference,
         "reference": ref_info, "train_examples": len(train), "train_kind": train.kind,
         "eval_examples": len(evals) if evals is not None else 0,
         "epochs": round(sampler.epoch(trainer.step_count), 4), "truncation": train.stats.as_dict(),
         "final": {k: last[k] for k in sorted(last)
-                  if k.startswith(("rewards/", "margin", "accuracy", "kl", "logps/", "lengths/"))},
+                  if k.startswith(("rewards/", "margin", "accuracy", "kl", "logps/", "lengths/", "nll"))},
     })
     return common.finish(STAGE, trainer, policy, tok, summary)
 
