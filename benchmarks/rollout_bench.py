@@ -8,6 +8,11 @@ warm-up, the two sides interleaved, so both see the same background load.
 
     python benchmarks/rollout_bench.py                       # CPU, batch 8/32, 32/64 new tokens
     python benchmarks/rollout_bench.py --device cuda --models tiny,small,qwen2-0.5b
+    # issue 9's GPU target (H200: 0.39B Qwen2 shape, batch 64, 128 prompt + 128 new tokens, bf16); the
+    # static backend captures each decode step as a CUDA graph; --check-logprobs reports the sampling
+    # log-probs' max / mean |diff| against one full forward of the policy:
+    python benchmarks/rollout_bench.py --device cuda --dtype bf16 --models qwen2-0.5b --batch 64 \
+        --prompt-len 128 --new 128 --backend static --check-logprobs
 
 Measured (2-core CPU, fp32, torch 2.13, transformers 5.24, quiet machine; tok/s = generated tokens / wall):
 
@@ -33,7 +38,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from posttrain.rollout.sampler import generate, native_supported
+from posttrain.models.logprobs import sequence_logprobs
+from posttrain.rollout.sampler import BACKENDS, generate, native_supported
 
 SHAPES = {  # name -> (config class, model class, kwargs); mirrors posttrain.models.presets
     "tiny": (LlamaConfig, LlamaForCausalLM, dict(vocab_size=512, hidden_size=64, num_hidden_layers=3,
@@ -86,6 +92,9 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    ap.add_argument("--backend", default="auto", choices=BACKENDS, help="posttrain sampler backend")
+    ap.add_argument("--check-logprobs", action="store_true",
+                    help="also report the sampling log-probs' |diff| vs one full forward of the model")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,12 +115,14 @@ def main(argv=None) -> None:
             prompt_lists = prompts.tolist()
             mask = torch.ones_like(prompts)
             for new in [int(n) for n in args.new.split(",")]:
-                backend = "native" if native_supported(model, args.prompt_len + new) else "hf"
+                backend = args.backend if args.backend != "auto" else (
+                    "native" if native_supported(model, args.prompt_len + new) else "hf")
 
                 def ours():
                     r = generate(model, prompt_lists, max_new_tokens=new, temperature=1.0,
-                                 stop_token_ids=[], pad_token_id=0, generator=g)
+                                 stop_token_ids=[], pad_token_id=0, generator=g, backend=backend)
                     assert r.num_generated_tokens == B * new
+                    return r
 
                 def hf():
                     with torch.inference_mode():
@@ -124,6 +135,14 @@ def main(argv=None) -> None:
                 tps_ours, tps_hf = B * new / t_ours, B * new / t_hf
                 print(f"{name:<11} {n_params / 1e6:>6.2f}M {B:>5} {new:>4} {backend:>7} "
                       f"{tps_ours:>15,.0f} {tps_hf:>9,.0f} {tps_ours / tps_hf:>5.2f}x", flush=True)
+                if args.check_logprobs:
+                    r = ours()
+                    with torch.inference_mode():
+                        full = sequence_logprobs(model, r.input_ids, r.attention_mask,
+                                                 position_ids=r.position_ids)["logprobs"]
+                    diff = (full.float() - r.logprobs.float())[r.completion_mask].abs()
+                    print(f"    sampling log-probs vs full forward ({args.dtype}): max |diff| {diff.max():.3e}, "
+                          f"mean {diff.mean():.3e} over {diff.numel()} tokens", flush=True)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,9 @@ class GenerationConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens (0 = off)")
     stop_strings: list[str] = Field(default_factory=list, description="extra strings that end a completion")
+    backend: Literal["auto", "native", "static", "hf"] = Field(
+        "auto", description="sampler: auto (native for Llama/Qwen2/Mistral, else hf), native, static "
+                            "(fixed-shape steps, CUDA graphs on a GPU) or hf")
 
 
 class LoraConfig(Section):

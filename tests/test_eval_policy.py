@@ -147,6 +147,23 @@ def test_same_seed_same_samples_other_seed_differs(tiny):
     assert len(d.completions) == 6
 
 
+def test_generation_backend_reaches_the_sampler(tiny, monkeypatch):
+    """``generation.backend`` is passed through: "static" samples what "native" samples (same seed), and
+    the static decoder is the one that ran."""
+    from posttrain.rollout import sampler
+
+    model, tok = tiny
+    seen = []
+    original = sampler._NativeDecoder.__init__
+    monkeypatch.setattr(sampler._NativeDecoder, "__init__",
+                        lambda self, *a, static=False, **k: (seen.append(static), original(self, *a, static=static, **k))[1])
+    a = evaluate_policy(model, tok, [ARITH, HOWTO], seed=0, generation={"max_new_tokens": 8}, num_samples=2)
+    b = evaluate_policy(model, tok, [ARITH, HOWTO], seed=0, generation={"max_new_tokens": 8, "backend": "static"},
+                        num_samples=2)
+    assert seen == [False, True]
+    assert a.completions == b.completions
+
+
 def test_sequence_kl_matches_unpadded_forward(tiny, tiny_ref):
     """Per-sample k1 = Σ over completion tokens of log π(y_t) − log π_ref(y_t), recomputed here by running
     each (prompt + completion) ALONE (no padding) through both float64 models; k3 likewise."""

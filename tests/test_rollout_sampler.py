@@ -16,7 +16,7 @@ from posttrain.models.logprobs import sequence_logprobs
 from posttrain.models.presets import default_tokenizer
 from posttrain.rollout.sampler import _filter_logits, _sample, generate, native_supported, sample_n
 
-BACKENDS = ["native", "hf"]
+BACKENDS = ["native", "static", "hf"]
 PAD = 1
 # Unequal prompts -> a left-padded batch (lengths 7, 2, 4, 11, 1, 5).
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [20, 21, 22, 23], [30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40],
@@ -124,7 +124,10 @@ def test_greedy_with_stop_tokens_equals_hf_generate(model, backend, count_compac
                  backend=backend)
     assert r.finished[:3].all()
     assert r.completion_lengths[0] <= 2 and r.completion_lengths[1] <= 3 and r.completion_lengths[2] <= 5
-    assert count_compactions and count_compactions[0] <= 3  # 6 rows -> at most the 3 live ones
+    if backend == "static":
+        assert not count_compactions  # fixed shapes: the batch is never compacted
+    else:
+        assert count_compactions and count_compactions[0] <= 3  # 6 rows -> at most the 3 live ones
     ref = _hf_greedy(model, r, 12, eos=stops)
     assert torch.equal(r.input_ids, ref[:, :r.input_ids.shape[1]])
     assert ref.shape[1] == r.input_ids.shape[1]  # both exit when every row has stopped (or at 12 tokens)
@@ -141,7 +144,8 @@ def test_sampling_logprobs_match_full_forward(model, backend, count_compactions)
     r = generate(model, PROMPTS * 2, max_new_tokens=16, temperature=1.0, stop_token_ids=stops,
                  pad_token_id=PAD, generator=g, backend=backend)
     _check_layout(r, set(stops))
-    assert r.finished.any() and count_compactions  # rows stopped early; the batch was compacted
+    assert r.finished.any()
+    assert bool(count_compactions) == (backend != "static")  # compacted, except with fixed shapes
     ref = _reference_logprobs(model, r)
     diff = (r.logprobs.double() - ref)[r.completion_mask].abs()
     print(f"{backend}: max |diff| {diff.max():.2e}, mean {diff.mean():.2e} over {diff.numel()} tokens")
@@ -201,7 +205,31 @@ def test_backends_agree_in_float64():
     assert (a.logprobs - b.logprobs).abs().max() < 1e-12
 
 
-def test_qwen2_with_biases_and_multi_query():
+def test_static_steps_equal_dynamic_steps_in_float64():
+    """The fixed-shape step (whole cache, later slots masked, no compaction) gives the dynamic native
+    step's samples and log-probs up to summation order, with rows stopping at different steps."""
+    m = _llama(dtype=torch.float64, seed=4)
+    out = {}
+    for backend in ("native", "static"):
+        g = torch.Generator().manual_seed(5)
+        out[backend] = generate(m, PROMPTS * 2, max_new_tokens=14, stop_token_ids=[0, 3, 9, 17], pad_token_id=PAD,
+                                generator=g, backend=backend)
+    a, b = out["native"], out["static"]
+    assert a.finished.any() and not a.finished.all()
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.completion_mask, b.completion_mask)
+    assert (a.logprobs - b.logprobs).abs().max() < 1e-12
+
+
+def test_static_decoder_refuses_compaction(model):
+    from posttrain.rollout.sampler import _NativeDecoder
+
+    dec = _NativeDecoder(model, 4, 16, static=True)
+    with pytest.raises(RuntimeError, match="no compaction"):
+        dec.select(torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("backend", ["native", "static"])
+def test_qwen2_with_biases_and_multi_query(backend):
     """Qwen2 (q/k/v biases) with one KV head: native greedy = HF generate; log-probs = full forward."""
     cfg = Qwen2Config(vocab_size=89, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
@@ -211,10 +239,10 @@ def test_qwen2_with_biases_and_multi_query():
     m = Qwen2ForCausalLM(cfg).eval()
     assert native_supported(m, 64)
     r = generate(m, PROMPTS, max_new_tokens=9, temperature=0.0, stop_token_ids=[], pad_token_id=PAD,
-                 backend="native")
+                 backend=backend)
     assert torch.equal(r.input_ids, _hf_greedy(m, r, 9, eos=None))
     g = torch.Generator().manual_seed(5)
-    s = generate(m, PROMPTS, max_new_tokens=9, stop_token_ids=[], pad_token_id=PAD, generator=g)
+    s = generate(m, PROMPTS, max_new_tokens=9, stop_token_ids=[], pad_token_id=PAD, generator=g, backend=backend)
     assert (s.logprobs.double() - _reference_logprobs(m, s))[s.completion_mask].abs().max() < 1e-5
 
 

@@ -106,7 +106,7 @@ def generation_settings(generation: Any = None) -> dict:
         generation = build_config(GenerationConfig, dict(generation), "generation")
     return {"max_new_tokens": int(generation.max_new_tokens), "temperature": float(generation.temperature),
             "top_p": float(generation.top_p), "top_k": int(generation.top_k),
-            "stop_strings": tuple(generation.stop_strings)}
+            "stop_strings": tuple(generation.stop_strings), "backend": generation.backend}
 
 
 def _split_rows(prompts: Sequence) -> tuple[list, dict[str, list]]:

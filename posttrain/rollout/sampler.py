@@ -34,7 +34,12 @@ cache bookkeeping, output objects), which dominates on CPU for small models. ``b
 ``model(...)`` with a ``DynamicCache`` and works for any HF causal LM (PEFT-wrapped models, sliding-window
 attention, other architectures). Both compute the prompt once (prefill), then one token per step; rows that
 stopped are fed padding and ignored, and once at least half of the rows being computed have stopped the batch
-is compacted (the KV cache keeps only the live rows). Generation runs without dropout (``inference_mode``;
+is compacted (the KV cache keeps only the live rows). ``backend="static"`` is the native decoder with
+fixed-shape steps for accelerators: every step attends over the whole preallocated cache with the unfilled
+slots masked, writes its K/V at a slot held in a tensor, and the batch is never compacted, so on CUDA the
+step is captured once as a CUDA graph and replayed (one launch per token instead of a few hundred kernel
+launches from Python); on the CPU it runs eagerly (same tokens as ``"native"``, more attention work).
+Generation runs without dropout (``inference_mode``;
 the HF backend switches the model to eval mode for the call and restores it).
 
 Log-probs are float32 (float64 for a float64 model). Sampling draws one uniform per row from the
@@ -53,7 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Rollout", "generate", "sample_n", "native_supported"]
+__all__ = ["Rollout", "generate", "sample_n", "native_supported", "BACKENDS"]
+
+BACKENDS = ("auto", "native", "static", "hf")
 
 
 @dataclass
@@ -228,8 +235,9 @@ _FUSE_MAX_NUMEL = 32_000_000
 class _NativeDecoder:
     """Llama-family decoder run from the model's weights with a preallocated KV cache."""
 
-    def __init__(self, model, batch_size: int, max_len: int):
+    def __init__(self, model, batch_size: int, max_len: int, static: bool = False):
         cfg, base = model.config, model.model
+        self.static = static  # fixed-shape decode steps (whole cache, slot as a tensor): CUDA-graph safe
         self.embed = base.embed_tokens.weight
         self.norm = self._norm(base.norm)
         self.lm_w, self.lm_b = model.lm_head.weight, model.lm_head.bias
@@ -265,6 +273,13 @@ class _NativeDecoder:
         self.neg = torch.finfo(dtype).min
         self.gqa = self.H != self.Hk
         self.length = 0  # filled cache slots
+        if static:
+            self.slots = torch.arange(max_len, device=device)  # [S]
+            self.buf_tok = torch.zeros(batch_size, dtype=torch.long, device=device)  # [B] graph inputs
+            self.buf_pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # [B]
+            self.buf_slot = torch.zeros(1, dtype=torch.long, device=device)  # [1] slot the step writes
+            self.graph, self.graph_out = None, None
+            self.use_graph = device.type == "cuda"
 
     @staticmethod
     def _norm(module) -> tuple:
@@ -316,9 +331,61 @@ class _NativeDecoder:
         return self._forward(ids, pos, mask)
 
     def step(self, tok: Tensor, pos: Tensor) -> Tensor:
+        if self.static:
+            return self._static_step(tok, pos)
         return self._forward(tok[:, None], pos[:, None], self.key_bias[:, :, :, : self.length + 1])
 
+    def _step_fixed(self) -> Tensor:
+        """One decode step with shapes that never change: reads ``buf_tok``/``buf_pos``, writes K/V at slot
+        ``buf_slot`` and attends over the WHOLE cache ``[.., S, D]``, the slots after ``buf_slot`` masked out
+        (their softmax weights are exactly 0, so the result is the dynamic step's up to summation order).
+        No host synchronisation and no allocation whose size depends on the step: capturable in a CUDA graph."""
+        H, Hk, D = self.H, self.Hk, self.D
+        b = self.buf_tok.shape[0]
+        x = F.embedding(self.buf_tok[:, None], self.embed)  # [b, 1, h]
+        cos = self.cos[self.buf_pos].view(b, 1, 1, D)  # [b, 1, 1, D]
+        sin = self.sin[self.buf_pos].view(b, 1, 1, D)
+        mask = self.key_bias.masked_fill((self.slots > self.buf_slot).view(1, 1, 1, -1), self.neg)  # [b,1,1,S]
+        for i, (norm1, qkv_w, (wo, bo), norm2, gu_w, (wd, bd), act) in enumerate(self.layers):
+            qkv = self._proj(self._rms(x, norm1), qkv_w).view(b, 1, H + 2 * Hk, D)  # [b, 1, H+2H_kv, D]
+            qk = qkv[:, :, : H + Hk].transpose(1, 2)  # [b, H+H_kv, 1, D]
+            qk = qk * cos + _rotate_half(qk) * sin
+            self.k_cache[i].index_copy_(2, self.buf_slot, qk[:, H:])
+            self.v_cache[i].index_copy_(2, self.buf_slot, qkv[:, :, H + Hk:].transpose(1, 2))
+            o = F.scaled_dot_product_attention(qk[:, :H], self.k_cache[i], self.v_cache[i], attn_mask=mask,
+                                               scale=self.scale, enable_gqa=self.gqa)  # [b, H, 1, D]
+            x = x + F.linear(o.transpose(1, 2).reshape(b, 1, H * D), wo, bo)  # [b, 1, h]
+            gate, up = self._proj(self._rms(x, norm2), gu_w).chunk(2, dim=-1)
+            x = x + F.linear(act(gate) * up, wd, bd)
+        x = self._rms(x[:, -1], self.norm)  # [b, h]
+        return F.linear(x, self.lm_w, self.lm_b)  # [b, V]
+
+    def _static_step(self, tok: Tensor, pos: Tensor) -> Tensor:
+        self.buf_tok.copy_(tok)
+        self.buf_pos.copy_(pos)
+        self.buf_slot.fill_(self.length)
+        self.length += 1
+        if not self.use_graph:
+            return self._step_fixed()
+        if self.graph is None:
+            # Warm up on a side stream (cuBLAS/SDPA workspaces), then capture. Each warm-up call is this
+            # step itself — same inputs, same slot — so it is idempotent and its logits are the answer.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    logits = self._step_fixed()
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.graph_out = self._step_fixed()
+            return logits
+        self.graph.replay()
+        return self.graph_out
+
     def select(self, rows: Tensor) -> None:
+        if self.static:
+            raise RuntimeError("a static decoder keeps its batch (no compaction)")
         self.k_cache = self.k_cache.index_select(1, rows)
         self.v_cache = self.v_cache.index_select(1, rows)
         self.key_bias = self.key_bias.index_select(0, rows)
@@ -386,7 +453,7 @@ def generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, tempera
     ``temperature == 0`` is greedy decoding. ``top_k == 0`` and ``top_p == 1`` disable those filters.
     Generation of a row stops at any token in ``stop_token_ids`` or once its decoded completion contains one
     of ``stop_strings`` (needs ``tokenizer``). When ``tokenizer`` is given, ``completion_texts`` holds the
-    decoded completions (special tokens skipped). ``backend``: ``"auto"`` | ``"native"`` | ``"hf"``.
+    decoded completions (special tokens skipped). ``backend``: one of :data:`BACKENDS` (module docstring).
     ``generator`` must live on the model's device.
 
     Sampling runs under ``torch.inference_mode``; the returned tensors are ordinary tensors (cloned out of
@@ -421,8 +488,8 @@ def _generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, temper
     stop_strings = tuple(s for s in stop_strings if s)
     if stop_strings and tokenizer is None:
         raise ValueError("generate: stop_strings need a tokenizer")
-    if backend not in ("auto", "native", "hf"):
-        raise ValueError(f"generate: backend must be 'auto', 'native' or 'hf', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"generate: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
 
     device = next(model.parameters()).device
     B, T_max = len(prompt_ids), max_new_tokens
@@ -453,14 +520,15 @@ def _generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, temper
 
     steps = 0
     if T_max > 0:
-        use_native = backend == "native" or (backend == "auto" and native_supported(model, S))
-        if backend == "native" and not native_supported(model, S):
-            raise ValueError(f"generate: backend='native' does not support {type(model).__name__}")
+        use_native = backend in ("native", "static") or (backend == "auto" and native_supported(model, S))
+        if backend in ("native", "static") and not native_supported(model, S):
+            raise ValueError(f"generate: backend={backend!r} does not support {type(model).__name__}")
+        static = backend == "static"
         was_training = model.training
         if not use_native and was_training:
             model.eval()
         try:
-            dec = (_NativeDecoder if use_native else _HFDecoder)(model, B, S)
+            dec = _NativeDecoder(model, B, S, static=static) if use_native else _HFDecoder(model, B, S)
             pos_prompt = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # [B, P]
             logits = dec.prefill(input_ids[:, :P], prompt_mask, pos_prompt)  # [B, V]
             rows = torch.arange(B, device=device)  # [b] original row of each computed row
@@ -500,7 +568,7 @@ def _generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, temper
                 n_done = int(done.sum()) if full else int(done[rows].sum())
                 if n_done == rows.numel() or steps == T_max:
                     break
-                if rows.numel() >= 4 and 2 * n_done >= rows.numel():
+                if not static and rows.numel() >= 4 and 2 * n_done >= rows.numel():
                     keep = (~done[rows]).nonzero().squeeze(-1)  # [b'] positions in the computed batch
                     dec.select(keep)
                     rows, tok, row_lengths = rows[keep], tok[keep], row_lengths[keep]

@@ -185,7 +185,7 @@ def generate_samples(model, tok, prompts: list, gen_cfg, *, max_prompt_len: int,
                 ro = generate(m, ids, max_new_tokens=gen_cfg.max_new_tokens, temperature=gen_cfg.temperature,
                               top_p=gen_cfg.top_p, top_k=gen_cfg.top_k, stop_token_ids=stop_token_ids(tok),
                               pad_token_id=tok.pad_token_id, stop_strings=tuple(gen_cfg.stop_strings),
-                              tokenizer=tok, generator=gen)
+                              tokenizer=tok, generator=gen, backend=gen_cfg.backend)
             texts = ro.completion_texts or [tok.decode(c, skip_special_tokens=True) for c in ro.completion_ids]
             for p, text, fin in zip(chunk, texts, ro.finished.tolist()):
                 rows.append({"step": step, "prompt": render_prompt(tok, p), "completion": text,

@@ -711,7 +711,7 @@ def preference_data(cfg: PreferenceDataConfig) -> dict:
         with torch.inference_mode():
             ro = sample_n(model, ids, K, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                           top_p=g.top_p, top_k=g.top_k, stop_token_ids=stops, pad_token_id=tok.pad_token_id,
-                          stop_strings=tuple(g.stop_strings), tokenizer=tok, generator=gen)
+                          stop_strings=tuple(g.stop_strings), tokenizer=tok, generator=gen, backend=g.backend)
         texts = ro.completion_texts if ro.completion_texts is not None else ro.decode(tok)
         rep = [prompts[i] for i in chunk for _ in range(K)]
         cols = {k: [columns[i][k] for i in chunk for _ in range(K)] for k in columns[chunk[0]]}

@@ -144,7 +144,7 @@ def sample_and_score(model, tokenizer, prompts: Sequence, columns: Sequence[Mapp
                 ro = sample_n(m, ids, n, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                               top_p=g.top_p, top_k=g.top_k, stop_token_ids=stops,
                               pad_token_id=tokenizer.pad_token_id, stop_strings=tuple(g.stop_strings),
-                              tokenizer=tokenizer, generator=gen)
+                              tokenizer=tokenizer, generator=gen, backend=g.backend)
             texts = list(ro.completion_texts if ro.completion_texts is not None else ro.decode(tokenizer))
             rep = [prompts[i] for i in chunk for _ in range(n)]  # row r belongs to prompt chunk[r // n]
             keys = sorted({k for i in chunk for k in columns[i]})

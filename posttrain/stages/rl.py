@@ -208,7 +208,7 @@ class RLTrainer:
         ro = sample_n(self.policy, [self.prompts.ids[i] for i in idx], G, max_new_tokens=gen.max_new_tokens,
                       temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
                       stop_token_ids=self.stop_ids, pad_token_id=self.pad_id, stop_strings=gen.stop_strings,
-                      tokenizer=self.tok, generator=self.generator)
+                      tokenizer=self.tok, generator=self.generator, backend=gen.backend)
         t1 = time.perf_counter()
         rows = [i for i in idx for _ in range(G)]                                # row r ↔ prompt r // G
         texts = ro.completion_texts
