@@ -18,7 +18,8 @@ Accepted: DPO, IPO and SimPO on annotator pairs each reach a gold win rate >= 65
 printed as a table and written to ``WORK/acceptance.json``.
 
 Run: ``.venv/bin/python -m pytest tests/test_dpo_acceptance.py -m slow -s`` or
-``.venv/bin/python tests/test_dpo_acceptance.py [LOSS ...]``. ``POSTTRAIN_DPO_ACCEPT`` sets WORK
+``.venv/bin/python tests/test_dpo_acceptance.py [--set KEY=VALUE] [LOSS ...]`` (``--set nll_weight=1``: the
+RPO variants, in their own WORK folder). ``POSTTRAIN_DPO_ACCEPT`` sets WORK
 (default ``runs/dpo_acceptance``).
 """
 
@@ -181,5 +182,35 @@ def test_dpo_ipo_simpo_beat_sft_on_gold():
         assert res[name]["win_rate"] >= threshold, (name, res[name])
 
 
+def _main(argv: list[str]) -> None:
+    """``[--set KEY=VALUE ...] [LOSS ...]``: ``--set`` overrides a DPO config key for every loss (e.g.
+    ``--set nll_weight=1`` for the RPO variants); the runs then go to ``WORK-KEY-VALUE``."""
+    global WORK
+    import yaml
+
+    losses, over = [], {}
+    it = iter(argv)
+    for a in it:
+        if a == "--set":
+            key, _, value = next(it).partition("=")
+            over[key] = yaml.safe_load(value)
+        else:
+            losses.append(a)
+    if over:
+        TOY.update(over)
+        WORK = WORK.with_name(WORK.name + "".join(f"-{k}-{v}" for k, v in over.items()))
+        WORK.mkdir(parents=True, exist_ok=True)
+        sft = WORK / "sft"
+        if not sft.exists():  # the same SFT model as the plain runs (its config names its own output_dir)
+            import shutil
+
+            src = Path(os.environ.get("POSTTRAIN_DPO_ACCEPT", "runs/dpo_acceptance")) / "sft"
+            if src.is_dir():
+                shutil.copytree(src, sft)
+                cfg = sft / "config.yaml"
+                cfg.write_text(cfg.read_text().replace(str(src), str(sft)))
+    acceptance(losses or None)
+
+
 if __name__ == "__main__":
-    acceptance(sys.argv[1:] or None)
+    _main(sys.argv[1:])

@@ -89,6 +89,20 @@ def test_config_difference():
     assert config_difference({"a": 1, "progress": True}, {"a": 1, "progress": False}) is None
 
 
+def test_a_key_added_after_the_run_counts_only_when_it_is_not_its_default():
+    """A finished run written before ``generation.backend`` existed is the same run as one with the
+    default ``auto``, not with ``static``."""
+    old = {"lr": 1e-3, "generation": {"temperature": 1.0}}
+    defaults = {"lr": 5e-6, "generation": {"temperature": 1.0, "backend": "auto"}}
+    new = {"lr": 1e-3, "generation": {"temperature": 1.0, "backend": "auto"}}
+    assert config_difference(old, new) == "generation.backend: '<absent>' -> 'auto'"
+    assert config_difference(old, new, defaults) is None
+    new["generation"]["backend"] = "static"
+    assert config_difference(old, new, defaults) == "generation.backend: '<absent>' -> 'static'"
+    # a key present in the old run is compared as always, default or not
+    assert config_difference({"lr": 1e-3}, {"lr": 5e-6}, defaults) == "lr: 0.001 -> 5e-06"
+
+
 def test_truncate_drops_a_line_cut_by_a_kill(tmp_path):
     run = Run.open(cfg(tmp_path), "sft")
     run.metrics.write({"step": 1, "loss": 1.0})

@@ -16,7 +16,8 @@ an unfinished run, another config      with checkpoints and ``resume=true``: ref
 =====================================  ==========================================================
 
 "Same config" ignores keys that change neither the data order nor the numbers (``progress``, ``resume``,
-``num_threads``, ``tensorboard``, ``device``, ``log_every``).
+``num_threads``, ``tensorboard``, ``device``, ``log_every``), and a key the stored config lacks (a run
+written before posttrain had that key) when the new value is the key's default.
 
 Only rank 0 touches the file system; the decision is broadcast so every rank raises the same error.
 Stages open the run only after the model and data have been loaded and validated, so a user error in
@@ -71,15 +72,29 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_difference(old: dict, new: dict) -> str | None:
-    """``"key: old → new"`` for the first key that differs (ignoring :data:`IGNORED_KEYS`), else None."""
+def config_difference(old: dict, new: dict, defaults: dict | None = None) -> str | None:
+    """``"key: old → new"`` for the first key that differs (ignoring :data:`IGNORED_KEYS`), else None.
+
+    ``defaults``: the config class's default values; a key the old config lacks (written by a version of
+    posttrain that did not have it yet) whose new value is its default is not a difference."""
     a, b = _flatten(old), _flatten(new)
+    d = _flatten(defaults or {})
     for key in list(dict.fromkeys([*b, *a])):
         if key.split(".")[0] in IGNORED_KEYS:
+            continue
+        if key not in a and key in d and b.get(key) == d[key]:
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             return f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}"
     return None
+
+
+def _defaults(cfg) -> dict:
+    """The default values of ``cfg``'s class (fields without a default are left out)."""
+    try:
+        return type(cfg).model_construct().model_dump(mode="json", warnings=False)
+    except Exception:  # not a pydantic config (tests pass plain objects): no defaults known
+        return {}
 
 
 def checkpoint_steps(ckpt_root: Path) -> list[int]:
@@ -146,7 +161,7 @@ class Run:
         except yaml.YAMLError:
             old = {}
         old_stage = _stage_of(cfg_file)
-        diff = config_difference(old, cfg.model_dump(mode="json"))
+        diff = config_difference(old, cfg.model_dump(mode="json"), _defaults(cfg))
         if old_stage and old_stage != stage:
             diff = f"stage: {old_stage!r} -> {stage!r}"
         done = (path / "DONE").is_file()
