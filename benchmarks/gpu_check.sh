@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 OUT="${OUT:-/tmp/gpu_check}"; mkdir -p "$OUT"
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" | tee "$OUT/gpu_check.log"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers',
+  transformers.__version__, torch.cuda.get_device_name())" | tee "$OUT/gpu_check.log"
 for backend in static native; do
   python3 benchmarks/rollout_bench.py --device cuda --dtype bf16 --models qwen2-0.5b --batch 64 \
       --prompt-len 128 --new 128 --repeats 2 --backend "$backend" --check-logprobs 2>&1 | tee -a "$OUT/gpu_check.log"

@@ -155,8 +155,11 @@ def test_generation_backend_reaches_the_sampler(tiny, monkeypatch):
     model, tok = tiny
     seen = []
     original = sampler._NativeDecoder.__init__
-    monkeypatch.setattr(sampler._NativeDecoder, "__init__",
-                        lambda self, *a, static=False, **k: (seen.append(static), original(self, *a, static=static, **k))[1])
+    def init(self, *a, static=False, **k):
+        seen.append(static)
+        original(self, *a, static=static, **k)
+
+    monkeypatch.setattr(sampler._NativeDecoder, "__init__", init)
     a = evaluate_policy(model, tok, [ARITH, HOWTO], seed=0, generation={"max_new_tokens": 8}, num_samples=2)
     b = evaluate_policy(model, tok, [ARITH, HOWTO], seed=0, generation={"max_new_tokens": 8, "backend": "static"},
                         num_samples=2)

@@ -586,7 +586,8 @@ def run(cfg: DPOConfig) -> dict:
                                                       max_prompt_len=cfg.data.max_prompt_len))
     last = trainer.last_metrics
     summary.update({
-        "loss": cfg.loss, "beta": beta, **variant, "nll_weight": cfg.nll_weight, "needs_reference": spec.needs_reference,
+        "loss": cfg.loss, "beta": beta, **variant, "nll_weight": cfg.nll_weight,
+        "needs_reference": spec.needs_reference,
         "reference": ref_info, "train_examples": len(train), "train_kind": train.kind,
         "eval_examples": len(evals) if evals is not None else 0,
         "epochs": round(sampler.epoch(trainer.step_count), 4), "truncation": train.stats.as_dict(),
