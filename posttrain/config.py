@@ -192,6 +192,8 @@ class DPOConfig(StageConfig):
                                                        "as in the paper)")
     kto_desirable_weight: float = Field(1.0, gt=0.0, description="KTO λ_D (weight of desirable examples)")
     kto_undesirable_weight: float = Field(1.0, gt=0.0, description="KTO λ_U (weight of undesirable examples)")
+    ranking_pairs: Literal["all", "best_rest", "best_worst"] = Field(
+        "all", description="K-wise ranking data as pairs: all K(K-1)/2, the best vs each other, or best vs worst")
     nll_weight: float = Field(0.0, ge=0.0, le=100.0,
                               description="RPO α: add α × the chosen completions' per-token NLL to any paired "
                                           "loss (Pang et al. 2024; 0: off)")

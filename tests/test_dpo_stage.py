@@ -232,6 +232,38 @@ def test_dpo_raises_preference_accuracy_and_margin(world, tmp_path):
     assert ev["rewards/chosen"] > ev["rewards/rejected"]
 
 
+def test_ranking_to_pairs_by_hand():
+    r = {"prompt": "p", "completions": ["a", "b", "c"], "ranking": [2, 0, 1]}  # c > a > b
+    pairs = lambda mode: [(x["chosen"], x["rejected"]) for x in dpo_stage.ranking_to_pairs([r], mode)]  # noqa: E731
+    assert pairs("all") == [("c", "a"), ("c", "b"), ("a", "b")]
+    assert pairs("best_rest") == [("c", "a"), ("c", "b")]
+    assert pairs("best_worst") == [("c", "b")]
+    with pytest.raises(ValueError, match="unknown mode"):
+        dpo_stage.ranking_to_pairs([r], "worst")
+
+
+def test_rankings_of_two_train_exactly_like_their_pairs(world, tmp_path):
+    """Each pair written as a K = 2 ranking (completions [rejected, chosen], ranking [1, 0]) gives the same
+    training examples and bit-identical weights after 3 steps; a K = 3 ranking file yields 3 pairs per row
+    with ranking_pairs=all and 1 with best_worst."""
+    rows = _pref_rows(32, 0)
+    ranked = [{"prompt": r["prompt"], "completions": [r["rejected"], r["chosen"]], "ranking": [1, 0]} for r in rows]
+    rank_file = _write(tmp_path / "ranked.jsonl", ranked)
+    data = lambda f: {"train": f, "max_len": 48, "max_prompt_len": 24}  # noqa: E731
+    a = dpo_stage.run(_cfg(world, tmp_path / "pairs", max_steps=3))
+    b = dpo_stage.run(_cfg(world, tmp_path / "ranked", max_steps=3, data=data(rank_file)))
+    assert a["train_examples"] == b["train_examples"] == 32
+    wa, wb = _weights(tmp_path / "pairs"), _weights(tmp_path / "ranked")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    no = [{"role": "assistant", "content": "No."}]
+    three = [{"prompt": r["prompt"], "completions": [r["rejected"], r["chosen"], no], "ranking": [1, 0, 2]}
+             for r in rows[:8]]
+    f3 = _write(tmp_path / "three.jsonl", three)
+    s_all = dpo_stage.run(_cfg(world, tmp_path / "all", max_steps=1, data=data(f3)))
+    s_bw = dpo_stage.run(_cfg(world, tmp_path / "bw", max_steps=1, data=data(f3), ranking_pairs="best_worst"))
+    assert (s_all["train_examples"], s_bw["train_examples"]) == (24, 8)
+
+
 def test_kto_batches_pair_each_prompt_with_the_next_completion(world):
     """KTO batch: rows 0..B-1 are the labelled examples, row B+k is prompt k + completion k+1 (mod B)."""
     from posttrain.data.tokenize import encode_dataset

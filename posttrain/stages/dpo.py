@@ -12,7 +12,8 @@
     the completion tokens (``loss_mask``); the loss itself comes from the registry — this file holds no
     loss math. ``share_prompt=true`` packs each pair as ``prompt + chosen + rejected`` in one row instead
     (a 4-D mask keeps the two completions apart; :func:`shared_prompt_batch`): the same log-probs with
-    every prompt processed once. ``nll_weight=α > 0`` adds RPO's term ``α · chosen_nll_term`` (the chosen
+    every prompt processed once. K-wise ranking data (``prompt``, ``completions``, ``ranking``) train as
+    pairs (:func:`ranking_to_pairs`, ``ranking_pairs``: all / best_rest / best_worst). ``nll_weight=α > 0`` adds RPO's term ``α · chosen_nll_term`` (the chosen
     completions' per-token NLL) to any paired loss and logs it as ``nll``.
 
     Reference log-probs are computed ONCE over the dataset before training (``precompute_ref=true``,
@@ -454,15 +455,39 @@ def cache_key(data_fp: str, ref_fp: str, *, dtype: str, device_type: str) -> str
 STAGE = "dpo"
 
 
+def ranking_to_pairs(rows: list[dict], mode: str) -> list[dict]:
+    """K-wise rankings (``prompt``, ``completions``, ``ranking`` best first) as preference pairs: ``all`` —
+    every one of the K(K−1)/2 ordered pairs (InstructGPT's comparisons); ``best_rest`` — the best against
+    each of the other K−1; ``best_worst`` — one pair per ranking. Pairs of one ranking stay together, in
+    ranking order."""
+    out = []
+    for r in rows:
+        order = r["ranking"]
+        if mode == "all":
+            pairs = [(order[i], order[j]) for i in range(len(order)) for j in range(i + 1, len(order))]
+        elif mode == "best_rest":
+            pairs = [(order[0], j) for j in order[1:]]
+        elif mode == "best_worst":
+            pairs = [(order[0], order[-1])]
+        else:
+            raise ValueError(f"ranking_to_pairs: unknown mode {mode!r}")
+        out += [{"prompt": r["prompt"], "chosen": r["completions"][i], "rejected": r["completions"][j]}
+                for i, j in pairs]
+    return out
+
+
 def _load_preference_rows(spec: str | None, paired: bool, *, key: str, max_rows: int | None,
-                          required: bool):
-    """Validated rows: preference pairs, or for unpaired losses KTO rows (``prompt, completion, label``)
-    or preference pairs split into one desirable and one undesirable example each."""
+                          required: bool, ranking_pairs: str = "all"):
+    """Validated rows: preference pairs (K-wise rankings expanded by :func:`ranking_to_pairs`), or for
+    unpaired losses KTO rows (``prompt, completion, label``) or pairs split into one desirable and one
+    undesirable example each."""
     from posttrain.data.load import Rows
     from posttrain.data.tokenize import split_prompt
 
-    rows = common.load_data(spec, kinds=["preference"] if paired else ["unpaired", "preference"], key=key,
-                            max_rows=max_rows, required=required)
+    kinds = ["preference", "ranking"] if paired else ["unpaired", "preference", "ranking"]
+    rows = common.load_data(spec, kinds=kinds, key=key, max_rows=max_rows, required=required)
+    if rows is not None and rows.kind == "ranking":
+        rows = Rows(ranking_to_pairs(rows.rows, ranking_pairs), "preference", rows.source)
     if rows is None or paired or rows.kind != "preference":
         return rows
     out = []
@@ -517,9 +542,11 @@ def run(cfg: DPOConfig) -> dict:
     ctx = common.setup(cfg)
     # ---- data and models: every user error surfaces here, before the run directory exists
     train_rows = _load_preference_rows(cfg.data.train, spec.paired, key="data.train",
-                                       max_rows=cfg.data.max_train_rows, required=True)
+                                       max_rows=cfg.data.max_train_rows, required=True,
+                                       ranking_pairs=cfg.ranking_pairs)
     eval_rows = _load_preference_rows(cfg.data.eval, spec.paired, key="data.eval",
-                                      max_rows=cfg.data.max_eval_rows, required=False)
+                                      max_rows=cfg.data.max_eval_rows, required=False,
+                                      ranking_pairs=cfg.ranking_pairs)
     policy, tok = common.load_model(cfg, ctx)
     enc = lambda rows: encode_dataset(tok, rows, max_len=cfg.data.max_len,  # noqa: E731
                                       max_prompt_len=cfg.data.max_prompt_len,
