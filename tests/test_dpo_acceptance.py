@@ -184,7 +184,8 @@ def test_dpo_ipo_simpo_beat_sft_on_gold():
 
 def _main(argv: list[str]) -> None:
     """``[--set KEY=VALUE ...] [LOSS ...]``: ``--set`` overrides a DPO config key for every loss (e.g.
-    ``--set nll_weight=1`` for the RPO variants); the runs then go to ``WORK-KEY-VALUE``."""
+    ``--set nll_weight=1`` for the RPO variants); the runs, the SFT model included (deterministic: the
+    same weights as WORK's), then go to ``WORK-KEY-VALUE``."""
     global WORK
     import yaml
 
@@ -199,16 +200,6 @@ def _main(argv: list[str]) -> None:
     if over:
         TOY.update(over)
         WORK = WORK.with_name(WORK.name + "".join(f"-{k}-{v}" for k, v in over.items()))
-        WORK.mkdir(parents=True, exist_ok=True)
-        sft = WORK / "sft"
-        if not sft.exists():  # the same SFT model as the plain runs (its config names its own output_dir)
-            import shutil
-
-            src = Path(os.environ.get("POSTTRAIN_DPO_ACCEPT", "runs/dpo_acceptance")) / "sft"
-            if src.is_dir():
-                shutil.copytree(src, sft)
-                cfg = sft / "config.yaml"
-                cfg.write_text(cfg.read_text().replace(str(src), str(sft)))
     acceptance(losses or None)
 
 
