@@ -295,6 +295,10 @@ class RLConfig(StageConfig):
                           "only when a rollout feeds more than one update; with one on-policy update the loss's "
                           "own forward is the sampling policy, π_old = sg(π_θ) exactly, and KL-in-reward uses the "
                           "sampler's log-probs)")
+    share_prompt: bool | Literal["auto"] = Field(
+        "auto", description="compute each prompt once for its group: the G completions in one packed row "
+                            "[prompt, y_1..y_G] under a block mask (same log-probs, fewer tokens; auto: when the "
+                            "estimated forward cost is lower, G > 1 and there is no value model)")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="rollout sampling")
     sample_every: int = Field(10, ge=0, description="log sample completions every N steps (0 = off)")
     gold_metric: bool | None = Field(

@@ -399,6 +399,28 @@ def test_sample_n_groups_rows_contiguously(model):
     assert len({tuple(r.completion_ids[i]) for i in range(3)}) > 1  # independent samples per group
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sample_n_prefills_each_prompt_once(backend, monkeypatch):
+    """``sample_n`` prefills one row per prompt and repeats its KV cache for the group: same samples and
+    log-probs (float64, summation order only) as ``generate`` on the repeated prompts, which prefills every row."""
+    from posttrain.rollout import sampler
+
+    prefill_rows = []
+    for cls in (sampler._NativeDecoder, sampler._HFDecoder):
+        original = cls.prefill
+        monkeypatch.setattr(cls, "prefill", lambda self, ids, *a, _o=original: (prefill_rows.append(ids.shape[0]),
+                                                                                _o(self, ids, *a))[1])
+    m = _llama(dtype=torch.float64, seed=6)
+    kw = dict(max_new_tokens=9, stop_token_ids=[0, 9], pad_token_id=PAD, backend=backend)
+    shared = sample_n(m, PROMPTS, 3, generator=torch.Generator().manual_seed(8), **kw)
+    full = generate(m, [p for p in PROMPTS for _ in range(3)], generator=torch.Generator().manual_seed(8), **kw)
+    assert prefill_rows == [len(PROMPTS), 3 * len(PROMPTS)]
+    assert shared.finished.any() and not shared.finished.all()  # rows stop at different steps
+    assert torch.equal(shared.input_ids, full.input_ids) and torch.equal(shared.completion_mask, full.completion_mask)
+    assert (shared.logprobs - full.logprobs).abs().max() < 1e-12
+    assert (shared.logprobs - _reference_logprobs(m, shared)).abs().max() < 1e-12
+
+
 def test_max_new_tokens_zero_and_argument_checks(model):
     r = generate(model, PROMPTS, max_new_tokens=0, stop_token_ids=[], pad_token_id=PAD)
     assert r.completion_len == 0 and r.num_generated_tokens == 0 and r.completion_ids == [[]] * 6

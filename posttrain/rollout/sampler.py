@@ -32,7 +32,8 @@ decoder layers directly from the model's own weights with a preallocated static 
 PyTorch SDPA with an additive padding mask. It avoids the per-token overhead of the HF forward (mask building,
 cache bookkeeping, output objects), which dominates on CPU for small models. ``backend="hf"`` calls
 ``model(...)`` with a ``DynamicCache`` and works for any HF causal LM (PEFT-wrapped models, sliding-window
-attention, other architectures). Both compute the prompt once (prefill), then one token per step; rows that
+attention, other architectures). Both compute the prompt once (prefill; ``sample_n`` prefills one row per
+prompt and repeats its KV cache for the group's samples), then one token per step; rows that
 stopped are fed padding and ignored, and once at least half of the rows being computed have stopped the batch
 is compacted (the KV cache keeps only the live rows). ``backend="static"`` is the native decoder with
 fixed-shape steps for accelerators: every step attends over the whole preallocated cache with the unfilled
@@ -383,6 +384,16 @@ class _NativeDecoder:
         self.graph.replay()
         return self.graph_out
 
+    def expand(self, n: int) -> None:
+        """Repeat every row ``n`` times (``[b] -> [b·n]``, copies contiguous): a group's prompt is prefilled
+        once and its cache shared by the ``n`` samples. Called after ``prefill``, before the first step."""
+        self.k_cache = self.k_cache.repeat_interleave(n, dim=1)
+        self.v_cache = self.v_cache.repeat_interleave(n, dim=1)
+        self.key_bias = self.key_bias.repeat_interleave(n, dim=0)
+        if self.static:
+            self.buf_tok = self.buf_tok.repeat_interleave(n)
+            self.buf_pos = self.buf_pos.repeat_interleave(n)
+
     def select(self, rows: Tensor) -> None:
         if self.static:
             raise RuntimeError("a static decoder keeps its batch (no compaction)")
@@ -427,6 +438,10 @@ class _HFDecoder:
     def step(self, tok: Tensor, pos: Tensor) -> Tensor:
         return self._call(tok[:, None], pos[:, None], {})
 
+    def expand(self, n: int) -> None:
+        self.cache.batch_repeat_interleave(n)
+        self.mask = self.mask.repeat_interleave(n, dim=0)
+
     def select(self, rows: Tensor) -> None:
         self.cache.batch_select_indices(rows)
         self.mask = self.mask.index_select(0, rows)
@@ -447,7 +462,7 @@ _TENSOR_FIELDS = ("input_ids", "attention_mask", "completion_mask", "position_id
 def generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, stop_token_ids: Sequence[int], pad_token_id: int,
              stop_strings: Sequence[str] = (), tokenizer=None,
-             generator: torch.Generator | None = None, backend: str = "auto") -> Rollout:
+             generator: torch.Generator | None = None, backend: str = "auto", _group_size: int = 1) -> Rollout:
     """Sample one completion per prompt with a KV cache (see the module docstring for the layout).
 
     ``temperature == 0`` is greedy decoding. ``top_k == 0`` and ``top_p == 1`` disable those filters.
@@ -462,7 +477,8 @@ def generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, tempera
     """
     rollout = _generate(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_p=top_p, top_k=top_k, stop_token_ids=stop_token_ids, pad_token_id=pad_token_id,
-                        stop_strings=stop_strings, tokenizer=tokenizer, generator=generator, backend=backend)
+                        stop_strings=stop_strings, tokenizer=tokenizer, generator=generator, backend=backend,
+                        group_size=_group_size)
     if not torch.is_inference_mode_enabled():
         for name in _TENSOR_FIELDS:
             setattr(rollout, name, getattr(rollout, name).clone())
@@ -472,7 +488,7 @@ def generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, tempera
 @torch.inference_mode()
 def _generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
               top_k: int, stop_token_ids: Sequence[int], pad_token_id: int, stop_strings: Sequence[str],
-              tokenizer, generator: torch.Generator | None, backend: str) -> Rollout:
+              tokenizer, generator: torch.Generator | None, backend: str, group_size: int = 1) -> Rollout:
     if not prompt_ids:
         raise ValueError("generate: prompt_ids is empty")
     if any(len(p) == 0 for p in prompt_ids):
@@ -528,9 +544,14 @@ def _generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, temper
         if not use_native and was_training:
             model.eval()
         try:
-            dec = _NativeDecoder(model, B, S, static=static) if use_native else _HFDecoder(model, B, S)
             pos_prompt = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # [B, P]
-            logits = dec.prefill(input_ids[:, :P], prompt_mask, pos_prompt)  # [B, V]
+            n = group_size if group_size > 1 and B % group_size == 0 else 1
+            u = B // n  # rows prefilled: one per group of n identical prompts (sample_n), then shared
+            dec = _NativeDecoder(model, u, S, static=static) if use_native else _HFDecoder(model, u, S)
+            logits = dec.prefill(input_ids[::n, :P], prompt_mask[::n], pos_prompt[::n])  # [u, V]
+            if n > 1:
+                dec.expand(n)
+                logits = logits.repeat_interleave(n, dim=0)  # [B, V]
             rows = torch.arange(B, device=device)  # [b] original row of each computed row
             full = True  # rows == arange(B): plain column writes
             row_lengths = prompt_lengths  # [b]
@@ -599,10 +620,11 @@ def _generate(model, prompt_ids: list[list[int]], *, max_new_tokens: int, temper
 
 def sample_n(model, prompt_ids: list[list[int]], n: int, **kwargs) -> Rollout:
     """``n`` samples per prompt in one batch: prompts repeated contiguously (row ``i`` is prompt ``i // n``).
+    Each prompt is prefilled once and its KV cache repeated for its ``n`` samples.
 
     Keyword arguments are those of :func:`generate`; the result has ``group_size == n``."""
     if n < 1:
         raise ValueError(f"sample_n: n must be >= 1, got {n}")
-    rollout = generate(model, [p for p in prompt_ids for _ in range(n)], **kwargs)
+    rollout = generate(model, [p for p in prompt_ids for _ in range(n)], _group_size=n, **kwargs)
     rollout.group_size = n
     return rollout

@@ -24,6 +24,13 @@ Objective (Ziegler et al. 2019; Ouyang et al. 2022, eq. 2): ``max_θ E_{x~D, y~�
    :class:`~posttrain.stages.rl_algos.RLObjective`;
 7. the KL controller (fixed β, or adaptive towards ``kl_target``) is updated with the rollout's KL.
 
+Prefix sharing (``share_prompt``, steps 4 and 6): a micro-batch of whole groups runs as one packed row per
+prompt, ``[prompt, y_1, …, y_G]`` under a block mask (:func:`~posttrain.stages.rl_algos.pack_groups`), so the
+prompt is computed once instead of ``G`` times; the outputs are gathered back to the padded layout, so every
+log-prob is the padded layout's (float64-tested) and nothing downstream changes. ``auto`` packs when the
+estimated forward cost is lower (positions × weights + dense attention pairs), ``G > 1`` and there is no
+value model; micro-batches that are not whole groups (later PPO epochs shuffle rows) stay padded.
+
 PPO trains two separate networks — the policy and a value model (``value_model``, default: the reward
 model's backbone and head when ``reward`` has an ``rm:`` term, else the policy's backbone with a zero head)
 — wrapped in one :class:`PolicyWithValue` module so that both are in the engine's optimizer (and DDP).
@@ -59,7 +66,7 @@ from posttrain.errors import ConfigError, DataError
 from posttrain.losses.kl import AdaptiveKLController, FixedKLController
 from posttrain.losses.reduce import num_units
 from posttrain.stages.rl_algos import (ADVANTAGE_ESTIMATORS, RLObjective, Scored, forward_policy,
-                                       policy_loss_spec)
+                                       pack_groups, policy_loss_spec)
 
 __all__ = ["run", "load", "Loaded", "PolicyWithValue", "PromptSet", "load_prompts", "RolloutBatch", "RLTrainer",
            "PROMPT_KINDS"]
@@ -193,6 +200,11 @@ class RLTrainer:
         self.objective = RLObjective(cfg, self.kl_ctl, constant_normaliser=(
             float(cfg.generation.max_new_tokens) if cfg.resolved_loss_agg == "seq-mean-token-sum-norm" else None))
         self.estimate = ADVANTAGE_ESTIMATORS[cfg.algo]
+        self.prompt_len = 0  # P of the current rollout (the packed layout's prompt width is P − span start)
+        self.pack_mode = cfg.share_prompt if (cfg.group_size > 1 and value_model is None) else False
+        pcfg = getattr(policy, "config", None)
+        self.cost_shape = None if pcfg is None or not hasattr(pcfg, "num_hidden_layers") else (
+            sum(p.numel() for p in policy.parameters()), pcfg.num_hidden_layers, pcfg.hidden_size)
         self.gold = _gold_fn(cfg, prompts)
         self.history: list[dict] = []
 
@@ -209,6 +221,7 @@ class RLTrainer:
                       temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
                       stop_token_ids=self.stop_ids, pad_token_id=self.pad_id, stop_strings=gen.stop_strings,
                       tokenizer=self.tok, generator=self.generator, backend=gen.backend)
+        self.prompt_len = ro.prompt_len
         t1 = time.perf_counter()
         rows = [i for i in idx for _ in range(G)]                                # row r ↔ prompt r // G
         texts = ro.completion_texts
@@ -274,7 +287,7 @@ class RLTrainer:
         temp = cfg.generation.temperature
         for rows in self._update_rows(step=None, epoch=0):
             for mrows in rows.split(cfg.micro_batch_size):
-                mb = _microbatch(t, mrows, cfg.resolved_loss_agg)
+                mb = self._microbatch(t, mrows)
                 lo, hi = mb["span"]
                 with self.trainer.autocast():
                     if recompute:
@@ -289,6 +302,41 @@ class RLTrainer:
                     ref = forward_policy(self.ref, mb, temperature=temp)
                 out["ref_logprobs"][mrows, lo:hi] = ref["logprobs"].float()
         return out
+
+    def _microbatch(self, t: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, Any]:
+        """:func:`_microbatch`, packed with :func:`~posttrain.stages.rl_algos.pack_groups` when
+        ``share_prompt`` is on (or ``auto`` and cheaper) and the rows are whole groups."""
+        mb = _microbatch(t, rows, self.cfg.resolved_loss_agg)
+        if self.pack_mode is False:
+            return mb
+        from posttrain.stages import common
+
+        width = self.prompt_len - mb["span"][0]
+        if self.pack_mode == "auto" and not self._packing_pays(mb["input_ids"].shape, width):
+            return mb
+        packed = pack_groups(mb, self.cfg.group_size, width, common.mask_dtype(self.trainer))
+        if packed is not None:
+            mb["packed"] = packed
+            mb["num_tokens"] = packed["num_tokens"]
+        return mb
+
+    def _packing_pays(self, shape: tuple[int, int], prompt_width: int) -> bool:
+        """Whether the packed layout costs fewer forward FLOPs than the padded one: ``2·N`` per token
+        position (the weights) plus ``4·layers·hidden`` per attended (query, key) pair — both layouts run
+        dense attention over their padded width, so packing trades ``(G−1)·P`` fewer positions for one
+        ``(P + G·C)²`` attention instead of ``G`` of ``(P + C)²``. Packed rows are capped at 4096 positions
+        (the 4-D mask is ``L²`` per row)."""
+        if self.cost_shape is None:
+            return False
+        n_params, layers, hidden = self.cost_shape
+        b, T = shape
+        G = self.cfg.group_size
+        C, g = T - prompt_width, b // G
+        L = prompt_width + G * C
+        if L > 4096:
+            return False
+        cost = lambda positions, pairs: 2 * n_params * positions + 4 * layers * hidden * pairs  # noqa: E731
+        return cost(g * L, g * L * L) < 0.95 * cost(b * T, b * T * T)
 
     def _update_rows(self, step: int | None, epoch: int) -> list[torch.Tensor]:
         """Row indices of each minibatch of ``epoch``: rollout order in epoch 0, a permutation (seeded by
@@ -307,7 +355,7 @@ class RLTrainer:
         results = []
         for epoch in range(cfg.ppo_epochs):
             for rows in self._update_rows(step, epoch):
-                mbs = [_microbatch(batch.tensors, r, cfg.resolved_loss_agg) for r in rows.split(cfg.micro_batch_size)]
+                mbs = [self._microbatch(batch.tensors, r) for r in rows.split(cfg.micro_batch_size)]
                 results.append(self.trainer.step(mbs, self.objective))
         out: dict[str, float] = {}
         for k in results[0]:

@@ -41,7 +41,7 @@ from posttrain.losses.reduce import masked_mean
 from posttrain.losses.value import clipped_value_loss
 
 __all__ = ["Scored", "Advantages", "ADVANTAGE_ESTIMATORS", "policy_loss_spec", "RLObjective",
-           "shift_values", "forward_policy"]
+           "shift_values", "forward_policy", "pack_groups"]
 
 
 @dataclass
@@ -172,16 +172,83 @@ class _Given:
         return self.out
 
 
+def pack_groups(batch: dict, group_size: int, prompt_width: int,
+                mask_dtype: torch.dtype = torch.float32) -> dict | None:
+    """Prefix sharing for a micro-batch of whole groups: the ``G`` completions of a prompt in ONE row
+    ``[prompt, y_1, …, y_G]`` so the prompt is computed once instead of ``G`` times (the layout of the
+    DPO / reward-model ``share_prompt``; Wang et al. 2024, "Accelerating Direct Preference Optimization with
+    Prefix Sharing"). ``batch``: the micro-batch's ``input_ids`` / ``attention_mask`` / ``position_ids``
+    ``[b, T]`` (rows ``k·G … k·G+G−1`` are group ``k``; columns ``< prompt_width`` are the left-padded
+    prompt, the rest the right-padded completions). Returns ``None`` when the rows are not whole groups
+    sharing their prompt columns, else
+
+    * ``input_ids`` / ``position_ids`` ``[g, L]`` with ``L = P + G·C`` (every completion keeps the positions
+      it has in its own row);
+    * ``attention_mask`` ``[g, 1, L, L]`` additive: a token sees the real prompt tokens and the earlier real
+      tokens of its own completion, never another completion (padding sees only itself);
+    * ``index`` ``[b, T]``: for every token of the unpacked layout, its flat position in the packed rows
+      (``g·L``); the packed logits gathered there are the unpacked logits (same context, same positions)."""
+    ids, am, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]  # [b, T]
+    b, T = ids.shape
+    G, P = int(group_size), int(prompt_width)
+    C = T - P
+    if G < 2 or b % G or not 0 < P < T:
+        return None
+    g = b // G
+    ids_g, am_g, pos_g = ids.view(g, G, T), am.view(g, G, T), pos.view(g, G, T)   # [g, G, T]
+    for x in (ids_g, am_g):
+        if not torch.equal(x[:, :, :P], x[:, :1, :P].expand(-1, G, -1)):
+            return None
+    cat = lambda x: torch.cat([x[:, 0, :P], x[:, :, P:].reshape(g, G * C)], dim=1)  # noqa: E731  [g, L]
+    p_ids, p_am, p_pos = cat(ids_g), cat(am_g).bool(), cat(pos_g)                # [g, L]
+    L = P + G * C
+    dev = ids.device
+    block = torch.cat([torch.zeros(P, dtype=torch.long, device=dev),
+                       torch.arange(1, G + 1, device=dev).repeat_interleave(C)])  # [L] 0 = prompt, j+1 = y_j
+    seg = torch.where(p_am, block, -1)                                           # [g, L] -1 = padding
+    q, k = seg.unsqueeze(2), seg.unsqueeze(1)                                    # [g, L, 1], [g, 1, L]
+    idx = torch.arange(L, device=dev)
+    causal = idx.view(1, L, 1) >= idx.view(1, 1, L)                              # [1, L, L]
+    allowed = causal & (q >= 0) & (k >= 0) & ((k == 0) | (k == q))             # [g, L, L]
+    allowed = allowed | (torch.eye(L, dtype=torch.bool, device=dev).unsqueeze(0) & (q < 0))
+    mask = torch.zeros(g, 1, L, L, dtype=mask_dtype, device=dev)
+    mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(mask_dtype).min)       # [g, 1, L, L]
+    col = torch.arange(T, device=dev)
+    j = torch.arange(G, device=dev).view(G, 1)
+    local = torch.where(col < P, col, P + j * C + (col - P))                      # [G, T]
+    index = (torch.arange(g, device=dev).view(g, 1, 1) * L + local).reshape(b, T)  # [b, T]
+    return {"input_ids": p_ids, "attention_mask": mask, "position_ids": p_pos, "index": index,
+            "num_tokens": int(p_am.sum())}
+
+
+def _unpack(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Packed per-position outputs ``[g, L, ...]`` → the unpacked layout ``[b, T, ...]`` (``index`` from
+    :func:`pack_groups`)."""
+    flat = x.flatten(0, 1)                                                       # [g·L, ...]
+    return flat.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[2:])
+
+
 def forward_policy(model, batch: dict, *, temperature: float, with_entropy: bool = False,
                    ) -> dict[str, torch.Tensor]:
     """One forward of ``model`` (a causal LM, or :class:`~posttrain.stages.rl.PolicyWithValue` — possibly
     DDP-wrapped) over a micro-batch: ``logprobs`` ``[B, T]`` at ``temperature`` (+ ``entropy``), and
     ``values`` ``[B, T]`` = ``V(x_<t)`` when the model has a value head. The SAME code computes the old
-    log-probs after sampling and the new ones in the loss, so on-policy ratios are exactly 1."""
+    log-probs after sampling and the new ones in the loss, so on-policy ratios are exactly 1. A micro-batch
+    with ``packed`` (:func:`pack_groups`) runs the packed rows and gathers the outputs back to ``[B, T]``."""
+    from types import SimpleNamespace
+
     from posttrain.models.logprobs import sequence_logprobs
 
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], use_cache=False)
+    packed = batch.get("packed")
+    if packed is None:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"], use_cache=False)
+    else:
+        raw = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
+                    position_ids=packed["position_ids"], use_cache=False)
+        tv = getattr(raw, "token_values", None)
+        out = SimpleNamespace(logits=_unpack(raw.logits, packed["index"]),
+                              token_values=None if tv is None else _unpack(tv, packed["index"]))
     res = sequence_logprobs(_Given(out), batch["input_ids"], batch["attention_mask"],
                             position_ids=batch["position_ids"], temperature=temperature,
                             with_entropy=with_entropy)
