@@ -123,7 +123,7 @@ def run_posttrain(algo: str, fx: dict, args) -> dict:
     else:
         extra = [f"algo={algo}", f"prompts_per_step={args.batch // args.group}", f"group_size={args.group}",
                  f"batch_size={args.batch}", f"beta={args.beta}"]
-    cfg = load_config(RLConfig, None, common + extra)
+    cfg = load_config(RLConfig, None, common + extra + list(args.set))
     t0 = time.perf_counter()
     run(cfg, reward=vowel_reward if algo != "ppo" else None)
     wall = time.perf_counter() - t0
@@ -240,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads on both sides (default: torch's choice, i.e. the cores)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra posttrain config override (repeatable), e.g. --set share_prompt=false")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--fixtures", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(HERE / "results" / "rl_bench.json"))

@@ -162,3 +162,36 @@ def test_bad_arguments_raise():
     model, _ = build_preset("tiny")
     with pytest.raises(ValueError, match="temperature"):
         sequence_logprobs(model, torch.tensor([[5, 6]]), torch.ones(1, 2), temperature=0.0)
+
+
+def test_gathered_logprobs_from_shared_rows_equal_the_padded_batch():
+    """Rows of a left-padded batch whose logits live in a smaller table ``[N, V]`` (``index`` [B, T] picks
+    the row of each position, shared rows serve several positions, as a packed prompt does): the result is
+    :func:`sequence_logprobs` of the padded batch — log-probs, entropies and gradients — at temperature 0.7."""
+    from posttrain.models.logprobs import gathered_logprobs
+
+    g = torch.Generator().manual_seed(4)
+    B, T, V, N, tau = 3, 6, 11, 9, 0.7
+    table = torch.randn(N, V, generator=g, dtype=torch.float64, requires_grad=True)  # [N, V]
+    index = torch.randint(0, N, (B, T), generator=g)  # [B, T]; rows repeat across b
+    index[1, :3] = index[0, :3]  # a shared prefix
+    ids = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[2, :2] = 0  # left padding
+    out = gathered_logprobs(table, index, ids, mask, temperature=tau, with_entropy=True)
+    padded = table[index]  # [B, T, V]: the layout sequence_logprobs would have received
+
+    class Fixed:
+        def __call__(self, **_):
+            return type("Out", (), {"logits": padded})()
+
+    ref = sequence_logprobs(Fixed(), ids, mask, temperature=tau, with_entropy=True)
+    torch.testing.assert_close(out["logprobs"], ref["logprobs"], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out["entropy"], ref["entropy"], rtol=1e-12, atol=1e-14)
+    assert (out["logprobs"][2, :3] == 0).all() and (out["logprobs"][2, 3:] < 0).all()
+    w = torch.randn(B, T, generator=g, dtype=torch.float64)
+    g_out, = torch.autograd.grad((out["logprobs"] * w).sum() + out["entropy"].sum(), table)
+    g_ref, = torch.autograd.grad((ref["logprobs"] * w).sum() + ref["entropy"].sum(), table)
+    torch.testing.assert_close(g_out, g_ref, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="temperature"):
+        gathered_logprobs(table, index, ids, mask, temperature=0.0)

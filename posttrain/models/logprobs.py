@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["token_logprobs", "token_entropy", "sequence_logprobs", "position_ids_from_mask"]
+__all__ = ["token_logprobs", "token_entropy", "sequence_logprobs", "gathered_logprobs", "position_ids_from_mask"]
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -108,9 +108,42 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     logits = out.logits[:, :-1]  # [B, T-1, V] predicts x_1 … x_{T-1}
     lp, ent = _logprobs_entropy(logits, input_ids[:, 1:], temperature=temperature,
                                 chunk_size=chunk_size, with_entropy=with_entropy)  # [B, T-1]
+    return _token_space(lp, ent, mask)
+
+
+def _token_space(lp: torch.Tensor, ent: torch.Tensor | None, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Shifted per-token values ``[B, T-1]`` (predicting ``x_1 … x_{T-1}``) → the ``[B, T]`` convention."""
     valid = mask[:, 1:] & mask[:, :-1]  # [B, T-1] both x_t and its predecessor are real tokens
     zero = lp.new_zeros(lp.shape[0], 1)  # [B, 1]
     result = {"logprobs": torch.cat([zero, lp.masked_fill(~valid, 0.0)], dim=1)}  # [B, T]
-    if with_entropy:
+    if ent is not None:
         result["entropy"] = torch.cat([zero, ent.masked_fill(~valid, 0.0)], dim=1)  # [B, T]
     return result
+
+
+def gathered_logprobs(logits: torch.Tensor, index: torch.Tensor, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor, *, temperature: float = 1.0,
+                      with_entropy: bool = False) -> dict[str, torch.Tensor]:
+    """:func:`sequence_logprobs` of a ``[B, T]`` batch whose logits were computed in another layout.
+
+    ``logits`` ``[N, V]`` are per-position outputs of some forward (e.g. the packed rows of prefix sharing,
+    flattened) and ``index`` ``[B, T]`` says which of the ``N`` rows holds the output at ``(b, t)`` of the
+    padded batch. The result is the same as running :func:`sequence_logprobs` on the padded batch, but
+    ``logsumexp`` and entropy are computed once per row of ``logits`` (a shared prompt position serves every
+    completion behind it) and no ``[B, T, V]`` copy is made: only the ``[B, T]`` target logits are gathered.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    z = logits.to(_work_dtype(logits.dtype))  # [N, V]
+    if temperature != 1.0:
+        z = z / temperature
+    lse = torch.logsumexp(z, dim=-1)  # [N]
+    src = index[:, :-1]  # [B, T-1] row of the logits that predict x_1 … x_{T-1}
+    z_y = z[src, input_ids[:, 1:]]  # [B, T-1]
+    lp = z_y - lse[src]  # [B, T-1]
+    ent = None
+    if with_entropy:
+        p = torch.exp(z - lse.unsqueeze(-1))  # [N, V]
+        pz = torch.where(p > 0, p * z, torch.zeros_like(z))  # [N, V]
+        ent = (lse - pz.sum(-1))[src]  # [B, T-1]
+    return _token_space(lp, ent, attention_mask.bool())

@@ -235,24 +235,23 @@ def forward_policy(model, batch: dict, *, temperature: float, with_entropy: bool
     ``values`` ``[B, T]`` = ``V(x_<t)`` when the model has a value head. The SAME code computes the old
     log-probs after sampling and the new ones in the loss, so on-policy ratios are exactly 1. A micro-batch
     with ``packed`` (:func:`pack_groups`) runs the packed rows and gathers the outputs back to ``[B, T]``."""
-    from types import SimpleNamespace
-
-    from posttrain.models.logprobs import sequence_logprobs
+    from posttrain.models.logprobs import gathered_logprobs, sequence_logprobs
 
     packed = batch.get("packed")
     if packed is None:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     position_ids=batch["position_ids"], use_cache=False)
-    else:
-        raw = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
+        res = sequence_logprobs(_Given(out), batch["input_ids"], batch["attention_mask"],
+                                position_ids=batch["position_ids"], temperature=temperature,
+                                with_entropy=with_entropy)
+        token_values = getattr(out, "token_values", None)
+    else:  # log-probs straight from the packed logits: no [B, T, V] copy
+        out = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
                     position_ids=packed["position_ids"], use_cache=False)
-        tv = getattr(raw, "token_values", None)
-        out = SimpleNamespace(logits=_unpack(raw.logits, packed["index"]),
-                              token_values=None if tv is None else _unpack(tv, packed["index"]))
-    res = sequence_logprobs(_Given(out), batch["input_ids"], batch["attention_mask"],
-                            position_ids=batch["position_ids"], temperature=temperature,
-                            with_entropy=with_entropy)
-    token_values = getattr(out, "token_values", None)
+        res = gathered_logprobs(out.logits.flatten(0, 1), packed["index"], batch["input_ids"],
+                                batch["attention_mask"], temperature=temperature, with_entropy=with_entropy)
+        tv = getattr(out, "token_values", None)
+        token_values = None if tv is None else _unpack(tv, packed["index"])
     if token_values is not None:
         res["values"] = shift_values(token_values)                               # [B, T]
     return res
