@@ -10,9 +10,10 @@ processes hits both sides alike; each round times ``--steps`` optimizer steps af
 ones (step end to step end, so data collation counts). The best round of each side is reported (the least
 disturbed one on a shared machine) together with the median.
 
-Variants: posttrain with its default cached reference log-probs (``precompute_ref=true``, the reference is
-run once over the dataset before training), the same with ``share_prompt=true`` (each pair's prompt computed
-once: one ``[B, P+C+R]`` forward with a 4-D mask), and on the fly (``precompute_ref=false``, a reference
+Variants: posttrain's defaults (cached reference log-probs, ``precompute_ref=true``: the reference is run once
+over the dataset before training; ``share_prompt=auto``, which packs this shape: each pair's prompt computed
+once, one ``[B, P+C+R]`` forward with a 4-D mask), the same with ``share_prompt=false`` (the ``[2B, P+C]``
+layout TRL uses), and on the fly unpacked (``precompute_ref=false``, a reference
 forward per step like TRL's default); TRL with its default (``precompute_ref_log_probs=False``) and with
 ``precompute_ref_log_probs=True`` (its fastest setting). The one-off precompute cost is reported separately.
 
@@ -103,7 +104,8 @@ def worker_posttrain(args) -> dict:
     cfg = DPOConfig(model=args.model_dir, data={"train": args.data, "max_len": 256, "max_prompt_len": 128},
                     output_dir=str(out), max_steps=total, batch_size=args.batch, lr=args.lr, beta=0.1, loss="dpo",
                     dtype="fp32", device="cpu", precompute_ref=args.precompute, progress=False, sample_prompts=0,
-                    log_every=1, seed=0, ref_batch_size=64, share_prompt=args.share_prompt)
+                    log_every=1, seed=0, ref_batch_size=64,
+                    share_prompt={"true": True, "false": False}.get(args.share_prompt, args.share_prompt))
     t0 = time.perf_counter()
     summary = run(cfg)
     wall = time.perf_counter() - t0
@@ -182,6 +184,7 @@ def worker_profile(args) -> dict:
     from posttrain.engine.trainer import measure_peak_flops
     from posttrain.losses.preference import PREFERENCE_LOSSES
     from posttrain.models.load import load_causal_lm
+    from posttrain.stages.common import cost_shape
     from posttrain.stages.dpo import PreferenceBatcher, PreferenceObjective, reference_logps
 
     model, tok = load_causal_lm(args.model_dir, device="cpu", dtype="fp32")
@@ -189,10 +192,12 @@ def worker_profile(args) -> dict:
     ref.requires_grad_(False)
     enc = encode_dataset(tok, load_rows(args.data, kinds=["preference"]), max_len=256, max_prompt_len=128).examples
     cached = reference_logps(ref, enc, paired=True, pad_id=tok.pad_token_id, batch_size=64)
-    batcher = PreferenceBatcher(enc, tok.pad_token_id, True, 256, cached)
+    share = {"true": True, "false": False}.get(args.share_prompt, args.share_prompt)
+    batcher = PreferenceBatcher(enc, tok.pad_token_id, True, 256, cached, share_prompt=share,
+                                cost_shape=cost_shape(model))  # the stage's default layout (auto: packed here)
     obj = PreferenceObjective(PREFERENCE_LOSSES["dpo"], 0.1)
     fly = PreferenceObjective(PREFERENCE_LOSSES["dpo"], 0.1, ref_model=ref)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=True)  # as the engine's build_optimizer
     model.train()
     phases = {k: [] for k in ("collate", "forward+loss", "backward", "clip", "adamw", "ref_forward")}
     B = args.batch
@@ -233,10 +238,10 @@ def worker_profile(args) -> dict:
 
 
 # --------------------------------------------------------------------------------------- driver
-def _run_worker(python: str, which: str, args, fx: dict, precompute: bool, share: bool = False) -> dict:
+def _run_worker(python: str, which: str, args, fx: dict, precompute: bool, share: str = "auto") -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", which, "--model-dir", fx["model"], "--data",
            fx["data"], "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
-           "--lr", str(args.lr)] + (["--precompute"] if precompute else []) + (["--share-prompt"] if share else [])
+           "--lr", str(args.lr)] + (["--precompute"] if precompute else []) + (["--share-prompt", share] if which != "trl" else [])
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if which != "trl":
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -263,7 +268,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model-dir")
     ap.add_argument("--data")
     ap.add_argument("--precompute", action="store_true")
-    ap.add_argument("--share-prompt", action="store_true")
+    ap.add_argument("--share-prompt", choices=["auto", "true", "false"], default="auto")
     args = ap.parse_args(argv)
     if args.worker:
         fn = {"posttrain": worker_posttrain, "trl": worker_trl, "profile": worker_profile}[args.worker]
@@ -274,12 +279,12 @@ def main(argv=None) -> int:
     trl_py = None if args.skip_trl else str(ensure_env("trl"))
     me = sys.executable
     # (label, side, python, precompute reference, share prompt)
-    variants = [("posttrain (default)", "posttrain", me, True, False),
-                ("posttrain share_prompt", "posttrain", me, True, True),
-                ("posttrain on the fly", "posttrain", me, False, False)]
+    variants = [("posttrain (default)", "posttrain", me, True, "auto"),
+                ("posttrain share_prompt=false", "posttrain", me, True, "false"),
+                ("posttrain on the fly, unpacked", "posttrain", me, False, "false")]
     if trl_py:
-        variants += [("TRL (default)", "trl", trl_py, False, False),
-                     ("TRL precompute_ref_log_probs", "trl", trl_py, True, False)]
+        variants += [("TRL (default)", "trl", trl_py, False, "false"),
+                     ("TRL precompute_ref_log_probs", "trl", trl_py, True, "false")]
     results: dict[str, list[dict]] = {v[0]: [] for v in variants}
     print(f"model {args.model}: {fx['params'] / 1e6:.2f}M params ({fx['matmul_params'] / 1e6:.2f}M in matmuls); "
           f"batch {args.batch} pairs x ({args.prompt_len} + {args.completion_len}) tokens; "
@@ -303,16 +308,17 @@ def main(argv=None) -> int:
         print(f"| {label} | {'precomputed' if pre else 'on the fly'} | {sps:.2f} | {med[label]:.2f} | "
               f"{1000 / sps:.0f} | {100 * mfu:.1f}% |")
     print(f"\nMFU = 6·N·tokens/s / peak, N = {fx['matmul_params'] / 1e6:.2f}M matmul params, {tokens} tokens/step "
-          f"(2B sequences of prompt + completion; share_prompt processes {tokens - args.batch * args.prompt_len} "
-          f"but is credited the same useful work); measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s. An on-the-fly "
+          f"(2B sequences of prompt + completion; the packed default processes "
+          f"{tokens - args.batch * args.prompt_len} but is credited the same useful work); measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s. An on-the-fly "
           f"reference forward is extra work not counted.")
     print(f"posttrain one-off reference precompute over {N_ROWS} pairs: {p0['ref_precompute_s']:.2f} s")
     if trl_py:
         ours = best["posttrain (default)"]
         for lab in ("TRL (default)", "TRL precompute_ref_log_probs"):
-            print(f"posttrain default / {lab}: {ours / best[lab]:.2f}x; share_prompt / {lab}: "
-                  f"{best['posttrain share_prompt'] / best[lab]:.2f}x")
-        print(f"like for like (both on the fly): {best['posttrain on the fly'] / best['TRL (default)']:.2f}x")
+            print(f"posttrain default / {lab}: {ours / best[lab]:.2f}x; share_prompt=false / {lab}: "
+                  f"{best['posttrain share_prompt=false'] / best[lab]:.2f}x")
+        print("like for like (both on the fly, unpacked): "
+              f"{best['posttrain on the fly, unpacked'] / best['TRL (default)']:.2f}x")
         tr = results["TRL (default)"][0]
         print(f"TRL: gradient checkpointing {tr['gradient_checkpointing']}, threads {tr['threads']}, first row "
               f"prompt/chosen tokens {tr['tokens_first_row']}, columns {tr['columns']}")

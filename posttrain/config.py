@@ -202,9 +202,10 @@ class DPOConfig(StageConfig):
                                                    "run dir (false: on the fly)")
     ref_batch_size: int = Field(32, ge=1, description="sequences per forward when precomputing reference "
                                                       "log-probs")
-    share_prompt: bool = Field(False, description="compute each pair's prompt once: one [B, P+C+R] forward "
-                                                  "with a 4-D mask instead of [2B, P+C] (same log-probs, "
-                                                  "fewer tokens)")
+    share_prompt: bool | Literal["auto"] = Field(
+        "auto", description="compute each pair's prompt once: one [B, P+C+R] forward with a 4-D mask instead "
+                            "of [2B, P+C] (same log-probs, fewer tokens; auto: per batch, when the estimated "
+                            "forward cost is lower; paired losses only)")
     sample_prompts: int = Field(4, ge=0, description="sample generations on N eval prompts at the end")
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(temperature=0.0),
                                          description="sample generations")

@@ -217,15 +217,26 @@ def test_reference_cache_is_reused_on_resume_and_restart(world, tmp_path, monkey
     assert s["reference"]["cache_hits"] == [] and computed == [1, 1, 1]
 
 
-def test_dpo_raises_preference_accuracy_and_margin(world, tmp_path):
-    """30 DPO steps on 32 synthetic pairs: the first step's loss is log 2 and accuracy ½ (policy = reference:
-    every margin is 0, ties count ½); at the end the held-out pairs are ranked correctly with a clear margin."""
+@pytest.mark.parametrize("share_prompt", [False, "auto"])
+def test_dpo_raises_preference_accuracy_and_margin(world, tmp_path, share_prompt, monkeypatch):
+    """30 DPO steps on 32 synthetic pairs: the first step's loss is log 2 (policy = reference: every margin
+    is 0); at the end the held-out pairs are ranked correctly with a clear margin. Unpacked, the first step's
+    margins are exactly 0 and accuracy exactly ½ (ties count ½); packed (the default here), the policy's
+    log-probs come from another layout than the precomputed reference's, so margins are float rounding
+    (|margin| < 1e-5) and the first accuracy is noise around ½."""
+    packed = []
+    original = dpo_stage.shared_prompt_batch
+    monkeypatch.setattr(dpo_stage, "shared_prompt_batch", lambda *a, **k: (packed.append(1), original(*a, **k))[1])
     out = tmp_path / "learn"
     data = {"train": world["train"], "eval": world["eval"], "max_len": 48, "max_prompt_len": 24}
-    s = dpo_stage.run(_cfg(world, out, max_steps=30, data=data, lr=5e-4, beta=0.1))
+    s = dpo_stage.run(_cfg(world, out, max_steps=30, data=data, lr=5e-4, beta=0.1, share_prompt=share_prompt))
+    assert (len(packed) >= 30) is (share_prompt == "auto")  # auto packs these batches (prompts ~ completions)
     recs = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert recs[0]["loss"] == pytest.approx(math.log(2), rel=1e-6)
-    assert recs[0]["accuracy"] == 0.5 and recs[0]["margin"] == 0.0
+    if share_prompt is False:
+        assert recs[0]["accuracy"] == 0.5 and recs[0]["margin"] == 0.0
+    else:
+        assert abs(recs[0]["margin"]) < 1e-5
     ev = s["eval"]
     assert ev["accuracy"] == 1.0 and ev["margin"] > 1.0
     assert ev["loss"] < 0.3
@@ -435,3 +446,32 @@ def test_shared_prompt_layout_gives_the_same_loss_and_gradients(world):
     assert max(float(g.abs().max()) for g in g0.values()) > 1e-3
     prompt_tokens = sum(e.chosen.prompt_len for e in enc)
     assert t0 - t1 == prompt_tokens
+
+
+def test_share_prompt_auto_packs_when_the_flop_estimate_is_lower():
+    """share_prompt=auto (the default) packs a batch when 2·N·positions + 4·layers·hidden·(query, key) pairs is
+    at least 5% lower packed. Shape N = 1000, 2 layers, hidden 10, two pairs each:
+    long prompt P = 20, C = R = 4: padded [4, 24] costs 2000·96 + 80·4·576 = 376,320, packed [2, 28]
+    2000·56 + 80·2·784 = 237,440 → packed. Short prompt P = 2, C = R = 40: padded [4, 42] 336,000 + 564,480 =
+    900,480, packed [2, 82] 328,000 + 1,075,840 = 1,403,840 → padded. Unknown architecture → padded;
+    true / false override the estimate."""
+    from types import SimpleNamespace
+
+    def pair(P, C, R):
+        enc = lambda n: SimpleNamespace(input_ids=list(range(3, 3 + P)) + [7] * n, prompt_len=P,  # noqa: E731
+                                        loss_mask=[0] * P + [1] * n)
+        return SimpleNamespace(chosen=enc(C), rejected=enc(R))
+
+    shape = (1000, 2, 10)
+    long_prompt, short_prompt = [pair(20, 4, 4)] * 2, [pair(2, 40, 40)] * 2
+    # (pairs, mode, cost shape, packed?, batch shape): packed rows are P + C + R wide, padded ones P + C
+    cases = [(long_prompt, "auto", shape, True, (2, 28)), (short_prompt, "auto", shape, False, (4, 42)),
+             (long_prompt, "auto", None, False, (4, 24)), (short_prompt, True, shape, True, (2, 82)),
+             (long_prompt, False, shape, False, (4, 24))]
+    for exs, mode, cs, packed, batch_shape in cases:
+        b = dpo_stage.PreferenceBatcher(exs, 0, True, 128, share_prompt=mode, cost_shape=cs)
+        assert b._share(exs) is packed
+        batch = b([0, 1])
+        assert ("pred_index" in batch) is packed and tuple(batch["input_ids"].shape) == batch_shape
+    unpaired = dpo_stage.PreferenceBatcher(long_prompt, 0, False, 128, share_prompt=True, cost_shape=shape)
+    assert unpaired._share(long_prompt) is False

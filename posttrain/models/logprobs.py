@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["token_logprobs", "token_entropy", "sequence_logprobs", "gathered_logprobs", "position_ids_from_mask"]
+__all__ = ["token_logprobs", "token_entropy", "sequence_logprobs", "gathered_logprobs", "indexed_logprobs",
+           "position_ids_from_mask"]
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -121,6 +122,28 @@ def _token_space(lp: torch.Tensor, ent: torch.Tensor | None, mask: torch.Tensor)
     return result
 
 
+def indexed_logprobs(logits: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, *, temperature: float = 1.0,
+                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``log softmax(logits[rows] / τ)[labels]`` (and the entropy of ``softmax(logits[rows] / τ)``) without
+    materialising ``logits[rows]``: ``logsumexp`` (and entropy) once per row of ``logits`` ``[N, V]``, then a
+    gather of one logit per ``(rows, labels)`` entry. ``rows`` and ``labels`` have any common shape ``S``;
+    returns tensors of shape ``S`` (float32, or float64 for float64 logits). For layouts where one position's
+    logits serve several targets (a shared prompt's last token predicts each completion's first)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    z = logits.to(_work_dtype(logits.dtype))  # [N, V]
+    if temperature != 1.0:
+        z = z / temperature
+    lse = torch.logsumexp(z, dim=-1)  # [N]
+    lp = z[rows, labels] - lse[rows]  # [S]
+    ent = None
+    if with_entropy:
+        p = torch.exp(z - lse.unsqueeze(-1))  # [N, V]
+        pz = torch.where(p > 0, p * z, torch.zeros_like(z))  # [N, V]
+        ent = (lse - pz.sum(-1))[rows]  # [S]
+    return lp, ent
+
+
 def gathered_logprobs(logits: torch.Tensor, index: torch.Tensor, input_ids: torch.Tensor,
                       attention_mask: torch.Tensor, *, temperature: float = 1.0,
                       with_entropy: bool = False) -> dict[str, torch.Tensor]:
@@ -130,20 +153,8 @@ def gathered_logprobs(logits: torch.Tensor, index: torch.Tensor, input_ids: torc
     flattened) and ``index`` ``[B, T]`` says which of the ``N`` rows holds the output at ``(b, t)`` of the
     padded batch. The result is the same as running :func:`sequence_logprobs` on the padded batch, but
     ``logsumexp`` and entropy are computed once per row of ``logits`` (a shared prompt position serves every
-    completion behind it) and no ``[B, T, V]`` copy is made: only the ``[B, T]`` target logits are gathered.
+    completion behind it) and no ``[B, T, V]`` copy is made (:func:`indexed_logprobs`).
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    z = logits.to(_work_dtype(logits.dtype))  # [N, V]
-    if temperature != 1.0:
-        z = z / temperature
-    lse = torch.logsumexp(z, dim=-1)  # [N]
-    src = index[:, :-1]  # [B, T-1] row of the logits that predict x_1 … x_{T-1}
-    z_y = z[src, input_ids[:, 1:]]  # [B, T-1]
-    lp = z_y - lse[src]  # [B, T-1]
-    ent = None
-    if with_entropy:
-        p = torch.exp(z - lse.unsqueeze(-1))  # [N, V]
-        pz = torch.where(p > 0, p * z, torch.zeros_like(z))  # [N, V]
-        ent = (lse - pz.sum(-1))[src]  # [B, T-1]
+    lp, ent = indexed_logprobs(logits, index[:, :-1], input_ids[:, 1:], temperature=temperature,
+                               with_entropy=with_entropy)  # [B, T-1]: logits at t−1 predict x_t
     return _token_space(lp, ent, attention_mask.bool())

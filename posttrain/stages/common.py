@@ -134,6 +134,33 @@ def mask_dtype(trainer) -> torch.dtype:
     return trainer.autocast_dtype or next(trainer.module.parameters()).dtype
 
 
+PACKED_MAX_LEN = 4096  # longest packed row prefix sharing builds (its 4-D mask is L² per row)
+
+
+def cost_shape(model) -> tuple[int, int, int] | None:
+    """``(parameters, layers, hidden)`` of a transformer, for :func:`packing_pays`; None when unknown."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "num_hidden_layers") or not hasattr(cfg, "hidden_size"):
+        return None
+    return sum(p.numel() for p in model.parameters()), cfg.num_hidden_layers, cfg.hidden_size
+
+
+def packing_pays(shape: tuple[int, int, int] | None, padded: tuple[int, int], packed: tuple[int, int]) -> bool:
+    """Whether prefix sharing's packed rows (``packed`` = ``(rows, width)``) cost fewer forward FLOPs than the
+    padded layout (``padded``): ``2·N`` per token position (the weights) plus ``4·layers·hidden`` per attended
+    (query, key) pair — both layouts run dense attention over their padded width, so packing trades fewer
+    positions for longer rows. It must win by 5%, and packed rows are capped at :data:`PACKED_MAX_LEN`.
+    ``shape`` from :func:`cost_shape`; None (an unknown architecture) never packs automatically."""
+    if shape is None or packed[1] > PACKED_MAX_LEN:
+        return False
+    n_params, layers, hidden = shape
+
+    def cost(rows: int, width: int) -> int:
+        return 2 * n_params * rows * width + 4 * layers * hidden * rows * width * width
+
+    return cost(*packed) < 0.95 * cost(*padded)
+
+
 def token_logprobs_of(model, batch: Mapping[str, Any]) -> torch.Tensor:
     """Per-token log-probs ``[B, T]`` (token-space convention) for a padded batch (2-D ``attention_mask``)
     or a packed one (4-D block-diagonal ``attention_mask`` and restarted ``position_ids``)."""

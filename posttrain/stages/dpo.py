@@ -10,9 +10,9 @@
     (Ethayarajh et al. 2024 §4); no gradient flows through ``z_0``, so the mismatched rows get their own
     no-grad forward and the backward pass covers only the labelled rows. Sequence log-probs are sums over
     the completion tokens (``loss_mask``); the loss itself comes from the registry — this file holds no
-    loss math. ``share_prompt=true`` packs each pair as ``prompt + chosen + rejected`` in one row instead
-    (a 4-D mask keeps the two completions apart; :func:`shared_prompt_batch`): the same log-probs with
-    every prompt processed once. K-wise ranking data (``prompt``, ``completions``, ``ranking``) train as
+    loss math. ``share_prompt`` (default ``auto``: per batch, when a FLOP estimate says it is cheaper) packs
+    each pair as ``prompt + chosen + rejected`` in one row instead (a 4-D mask keeps the two completions apart;
+    :func:`shared_prompt_batch`): the same log-probs, up to float rounding, with every prompt processed once. K-wise ranking data (``prompt``, ``completions``, ``ranking``) train as
     pairs (:func:`ranking_to_pairs`, ``ranking_pairs``: all / best_rest / best_worst). ``nll_weight=α > 0`` adds RPO's term ``α · chosen_nll_term`` (the chosen
     completions' per-token NLL) to any paired loss and logs it as ``nll``.
 
@@ -135,15 +135,27 @@ class PreferenceBatcher:
     paired: bool
     max_len: int
     ref: torch.Tensor | None = None
-    share_prompt: bool = False
+    share_prompt: bool | str = False
     mask_dtype: torch.dtype = torch.float32
+    cost_shape: tuple[int, int, int] | None = None  # (params, layers, hidden) for share_prompt="auto"
+
+    def _share(self, exs: Sequence[Any]) -> bool:
+        """Whether this batch runs packed: always for ``share_prompt=true``; for ``auto`` when
+        :func:`~posttrain.stages.common.packing_pays` (``[2B, max(P+C, P+R)]`` padded vs ``[B, max(P+C+R)]``)."""
+        if not self.paired or self.share_prompt is False:
+            return False
+        if self.share_prompt is True:
+            return True
+        padded = max(max(len(e.chosen.input_ids), len(e.rejected.input_ids)) for e in exs)
+        packed = max(len(e.chosen.input_ids) + len(e.rejected.input_ids) - e.rejected.prompt_len for e in exs)
+        return common.packing_pays(self.cost_shape, (2 * len(exs), padded), (len(exs), packed))
 
     def __call__(self, indices: Sequence[int]) -> dict[str, Any]:
         from posttrain.data.collate import collate_lm, collate_pairs
 
         exs = [self.examples[i] for i in indices]
         B = len(exs)
-        if self.paired and self.share_prompt:
+        if self._share(exs):
             batch = shared_prompt_batch(exs, self.pad_id, self.mask_dtype)
             if self.ref is not None:
                 r = self.ref[list(indices)]                                  # [B, 2]
@@ -222,14 +234,14 @@ def shared_prompt_batch(pairs: Sequence[Any], pad_id: int, mask_dtype: torch.dty
 
 def _shared_prompt_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """``[2B]`` sequence log-probs (chosen then rejected) and completion lengths of a shared-prompt batch."""
-    from posttrain.models.logprobs import token_logprobs
+    from posttrain.models.logprobs import indexed_logprobs
 
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], use_cache=False)
     logits = out.logits                                                      # [B, L, V]
-    pred = batch["pred_index"]                                               # [B, L]
-    z = logits.gather(1, pred.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # [B, L, V]
-    lp = token_logprobs(z, batch["input_ids"])                               # [B, L]
+    B, L = batch["input_ids"].shape
+    rows = batch["pred_index"] + L * torch.arange(B, device=logits.device)[:, None]  # [B, L] flat row
+    lp, _ = indexed_logprobs(logits.flatten(0, 1), rows, batch["input_ids"])  # [B, L]
     cm, rm = batch["chosen_mask"], batch["rejected_mask"]                    # [B, L]
     logps = torch.cat([masked_sum(lp, cm, dim=-1), masked_sum(lp, rm, dim=-1)])  # [2B]
     return logps, torch.cat([cm.sum(-1), rm.sum(-1)])                        # [2B], [2B]
@@ -590,7 +602,8 @@ def run(cfg: DPOConfig) -> dict:
         ref_model = None  # every reference log-prob the loss needs is cached: free the reference
 
     objective = PreferenceObjective(spec, beta, variant, ref_model=ref_model, nll_weight=cfg.nll_weight)
-    share = dict(share_prompt=cfg.share_prompt, mask_dtype=common.mask_dtype(trainer))
+    share = dict(share_prompt=cfg.share_prompt, mask_dtype=common.mask_dtype(trainer),
+                 cost_shape=common.cost_shape(policy))
     batcher = PreferenceBatcher(train.examples, tok.pad_token_id, spec.paired, cfg.data.max_len,
                                 ref_cached.get("train"), **share)
     sampler = StepSampler.from_config(cfg, len(train), rank=ctx.dist.rank, world=ctx.dist.world_size)

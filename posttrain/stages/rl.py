@@ -65,6 +65,7 @@ from posttrain.config import RLConfig
 from posttrain.errors import ConfigError, DataError
 from posttrain.losses.kl import AdaptiveKLController, FixedKLController
 from posttrain.losses.reduce import num_units
+from posttrain.stages import common
 from posttrain.stages.rl_algos import (ADVANTAGE_ESTIMATORS, RLObjective, Scored, forward_policy,
                                        pack_groups, policy_loss_spec)
 
@@ -202,9 +203,7 @@ class RLTrainer:
         self.estimate = ADVANTAGE_ESTIMATORS[cfg.algo]
         self.prompt_len = 0  # P of the current rollout (the packed layout's prompt width is P − span start)
         self.pack_mode = cfg.share_prompt if (cfg.group_size > 1 and value_model is None) else False
-        pcfg = getattr(policy, "config", None)
-        self.cost_shape = None if pcfg is None or not hasattr(pcfg, "num_hidden_layers") else (
-            sum(p.numel() for p in policy.parameters()), pcfg.num_hidden_layers, pcfg.hidden_size)
+        self.cost_shape = common.cost_shape(policy)
         self.gold = _gold_fn(cfg, prompts)
         self.history: list[dict] = []
 
@@ -309,8 +308,6 @@ class RLTrainer:
         mb = _microbatch(t, rows, self.cfg.resolved_loss_agg)
         if self.pack_mode is False:
             return mb
-        from posttrain.stages import common
-
         width = self.prompt_len - mb["span"][0]
         if self.pack_mode == "auto" and not self._packing_pays(mb["input_ids"].shape, width):
             return mb
@@ -321,22 +318,12 @@ class RLTrainer:
         return mb
 
     def _packing_pays(self, shape: tuple[int, int], prompt_width: int) -> bool:
-        """Whether the packed layout costs fewer forward FLOPs than the padded one: ``2·N`` per token
-        position (the weights) plus ``4·layers·hidden`` per attended (query, key) pair — both layouts run
-        dense attention over their padded width, so packing trades ``(G−1)·P`` fewer positions for one
-        ``(P + G·C)²`` attention instead of ``G`` of ``(P + C)²``. Packed rows are capped at 4096 positions
-        (the 4-D mask is ``L²`` per row)."""
-        if self.cost_shape is None:
-            return False
-        n_params, layers, hidden = self.cost_shape
+        """:func:`~posttrain.stages.common.packing_pays` for ``b`` padded rows of width ``T`` against ``b/G``
+        packed rows of ``P + G·C``: ``(G−1)·P`` fewer positions for one ``(P + G·C)²`` attention instead of
+        ``G`` of ``(P + C)²``."""
         b, T = shape
         G = self.cfg.group_size
-        C, g = T - prompt_width, b // G
-        L = prompt_width + G * C
-        if L > 4096:
-            return False
-        cost = lambda positions, pairs: 2 * n_params * positions + 4 * layers * hidden * pairs  # noqa: E731
-        return cost(g * L, g * L * L) < 0.95 * cost(b * T, b * T * T)
+        return common.packing_pays(self.cost_shape, (b, T), (b // G, prompt_width + G * (T - prompt_width)))
 
     def _update_rows(self, step: int | None, epoch: int) -> list[torch.Tensor]:
         """Row indices of each minibatch of ``epoch``: rollout order in epoch 0, a permutation (seeded by
