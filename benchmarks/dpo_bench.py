@@ -15,7 +15,8 @@ over the dataset before training; ``share_prompt=auto``, which packs this shape:
 once, one ``[B, P+C+R]`` forward with a 4-D mask), the same with ``share_prompt=false`` (the ``[2B, P+C]``
 layout TRL uses), and on the fly unpacked (``precompute_ref=false``, a reference
 forward per step like TRL's default); TRL with its default (``precompute_ref_log_probs=False``) and with
-``precompute_ref_log_probs=True`` (its fastest setting). The one-off precompute cost is reported separately.
+``precompute_ref_log_probs=True`` (its fastest setting). ``--with-compile`` adds posttrain ``compile=true``
+and TRL ``torch_compile=True``. The one-off precompute cost is reported separately.
 
 TRL runs in its own virtual environment ``benchmarks/.env-trl`` (gitignored; created on first use under an
 ``flock`` on ``benchmarks/.env-trl.lock``: ``torch==2.13.0`` first, then ``trl==1.16.0``), never in
@@ -104,7 +105,7 @@ def worker_posttrain(args) -> dict:
     cfg = DPOConfig(model=args.model_dir, data={"train": args.data, "max_len": 256, "max_prompt_len": 128},
                     output_dir=str(out), max_steps=total, batch_size=args.batch, lr=args.lr, beta=0.1, loss="dpo",
                     dtype="fp32", device="cpu", precompute_ref=args.precompute, progress=False, sample_prompts=0,
-                    log_every=1, seed=0, ref_batch_size=64,
+                    log_every=1, seed=0, ref_batch_size=64, compile=args.compile,
                     share_prompt={"true": True, "false": False}.get(args.share_prompt, args.share_prompt))
     t0 = time.perf_counter()
     summary = run(cfg)
@@ -142,7 +143,7 @@ def worker_trl(args) -> dict:
               learning_rate=args.lr, beta=0.1, loss_type=["sigmoid"], bf16=False, fp16=False, use_cpu=True,
               gradient_checkpointing=False, logging_steps=10_000, save_strategy="no", report_to=[],
               disable_tqdm=True, dataloader_num_workers=0, max_length=None, seed=0,
-              precompute_ref_log_probs=args.precompute)
+              precompute_ref_log_probs=args.precompute, torch_compile=args.compile)
     import dataclasses
 
     if "activation_checkpointing" in {f.name for f in dataclasses.fields(DPOConfig)}:
@@ -234,14 +235,17 @@ def worker_profile(args) -> dict:
             opt.zero_grad(set_to_none=True)
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
     return {"side": "profile", "phase_ms": ms, "peak_flops": measure_peak_flops(torch.device("cpu")),
-            "tokens_per_step": int(b["attention_mask"].sum()), "profiler": table}
+            "tokens_per_step": int(b["num_tokens"]) if "num_tokens" in b else int(b["attention_mask"].sum()),
+            "profiler": table}
 
 
 # --------------------------------------------------------------------------------------- driver
-def _run_worker(python: str, which: str, args, fx: dict, precompute: bool, share: str = "auto") -> dict:
+def _run_worker(python: str, which: str, args, fx: dict, precompute: bool, share: str = "auto",
+                compiled: bool = False) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", which, "--model-dir", fx["model"], "--data",
            fx["data"], "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
-           "--lr", str(args.lr)] + (["--precompute"] if precompute else []) + (["--share-prompt", share] if which != "trl" else [])
+           "--lr", str(args.lr)] + (["--precompute"] if precompute else []) + (["--share-prompt", share] if which != "trl" else []) \
+        + (["--compile"] if compiled else [])
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if which != "trl":
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -269,6 +273,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data")
     ap.add_argument("--precompute", action="store_true")
     ap.add_argument("--share-prompt", choices=["auto", "true", "false"], default="auto")
+    ap.add_argument("--compile", action="store_true", help="worker: torch.compile (posttrain compile=true, "
+                    "TRL torch_compile=True)")
+    ap.add_argument("--with-compile", action="store_true", help="add the torch.compile variants of both sides")
     args = ap.parse_args(argv)
     if args.worker:
         fn = {"posttrain": worker_posttrain, "trl": worker_trl, "profile": worker_profile}[args.worker]
@@ -278,20 +285,24 @@ def main(argv=None) -> int:
     fx = prepare(args)
     trl_py = None if args.skip_trl else str(ensure_env("trl"))
     me = sys.executable
-    # (label, side, python, precompute reference, share prompt)
-    variants = [("posttrain (default)", "posttrain", me, True, "auto"),
-                ("posttrain share_prompt=false", "posttrain", me, True, "false"),
-                ("posttrain on the fly, unpacked", "posttrain", me, False, "false")]
+    # (label, side, python, precompute reference, share prompt, torch.compile)
+    variants = [("posttrain (default)", "posttrain", me, True, "auto", False),
+                ("posttrain share_prompt=false", "posttrain", me, True, "false", False),
+                ("posttrain on the fly, unpacked", "posttrain", me, False, "false", False)]
+    if args.with_compile:
+        variants += [("posttrain compile=true", "posttrain", me, True, "auto", True)]
     if trl_py:
-        variants += [("TRL (default)", "trl", trl_py, False, "false"),
-                     ("TRL precompute_ref_log_probs", "trl", trl_py, True, "false")]
+        variants += [("TRL (default)", "trl", trl_py, False, "false", False),
+                     ("TRL precompute_ref_log_probs", "trl", trl_py, True, "false", False)]
+        if args.with_compile:
+            variants += [("TRL torch_compile", "trl", trl_py, False, "false", True)]
     results: dict[str, list[dict]] = {v[0]: [] for v in variants}
     print(f"model {args.model}: {fx['params'] / 1e6:.2f}M params ({fx['matmul_params'] / 1e6:.2f}M in matmuls); "
           f"batch {args.batch} pairs x ({args.prompt_len} + {args.completion_len}) tokens; "
           f"{args.rounds} rounds x {args.steps} timed steps", flush=True)
     for rnd in range(args.rounds):
-        for label, which, py, pre, share in variants:
-            res = _run_worker(py, which, args, fx, pre, share)
+        for label, which, py, pre, share, compiled in variants:
+            res = _run_worker(py, which, args, fx, pre, share, compiled)
             results[label].append(res)
             print(f"  round {rnd + 1}: {label:30s} {res['steps_per_s']:6.2f} steps/s", flush=True)
     best = {k: max(r["steps_per_s"] for r in v) for k, v in results.items()}
@@ -302,7 +313,7 @@ def main(argv=None) -> int:
     print(f"\n| variant | reference log-probs | steps/s (best of {args.rounds}) | steps/s (median) | ms/step | "
           f"MFU |")
     print("|---|---|---|---|---|---|")
-    for label, which, _, pre, share in variants:
+    for label, which, _, pre, share, compiled in variants:
         sps = best[label]
         mfu = 6 * fx["matmul_params"] * tokens * sps / peak
         print(f"| {label} | {'precomputed' if pre else 'on the fly'} | {sps:.2f} | {med[label]:.2f} | "
@@ -317,6 +328,9 @@ def main(argv=None) -> int:
         for lab in ("TRL (default)", "TRL precompute_ref_log_probs"):
             print(f"posttrain default / {lab}: {ours / best[lab]:.2f}x; share_prompt=false / {lab}: "
                   f"{best['posttrain share_prompt=false'] / best[lab]:.2f}x")
+        if args.with_compile:
+            print(f"posttrain compile=true / TRL (default): {best['posttrain compile=true'] / best['TRL (default)']:.2f}x; "
+                  f"/ TRL torch_compile: {best['posttrain compile=true'] / best['TRL torch_compile']:.2f}x")
         print("like for like (both on the fly, unpacked): "
               f"{best['posttrain on the fly, unpacked'] / best['TRL (default)']:.2f}x")
         tr = results["TRL (default)"][0]

@@ -105,6 +105,9 @@ class StageConfig(Section):
     tensorboard: bool = Field(False, description="also write TensorBoard event files")
     progress: bool = Field(True, description="show progress bars")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    compile: bool = Field(False, description="run the training forward/backward through torch.compile "
+                                             "(fuses elementwise ops; the first steps pay the compile time, "
+                                             "new shapes recompile; needs a C++ compiler on the CPU)")
 
 
 # --------------------------------------------------------------------------------------------- stages

@@ -34,6 +34,10 @@ micro-batches and ranks; every other key is a per-micro-batch mean and is averag
 Precision: fp32 weights; on CUDA with ``dtype=auto`` forward passes run under bf16 autocast; other
 ``dtype`` values run in the weights' own dtype.
 
+``compile=true``: the ``loss_fn`` receives ``torch.compile(model)`` (a wrapper over the same parameters, so
+the optimizer, checkpoints and saved weights are unchanged); evaluation and anything else a stage runs use
+the plain module. The first step pays the compile time and each new batch shape may recompile.
+
 MFU: ``6 · N · tokens/s / peak`` per device (the forward + backward matmul FLOPs of a dense transformer,
 ignoring attention's ``T²`` term), with ``N`` the parameters that take part in matmuls (all parameters
 minus the input embedding table, unless it is tied to the output head). ``peak`` is ``cfg.peak_flops`` or
@@ -261,6 +265,9 @@ class Trainer:
             self.model: nn.Module = DDP(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
         else:
             self.model = model
+        # what the loss runs (``compile``: a torch.compile wrapper sharing the parameters; evaluation, sampling
+        # and checkpoints keep using the plain module)
+        self.train_model = torch.compile(self.model) if getattr(cfg, "compile", False) else self.model
 
     # ------------------------------------------------------------------------------------ helpers
     def autocast(self):
@@ -315,7 +322,7 @@ class Trainer:
                         else contextlib.nullcontext())
             with sync_ctx:
                 with self.autocast():
-                    loss, metrics = loss_fn(self.model, mb, normaliser)
+                    loss, metrics = loss_fn(self.train_model, mb, normaliser)
                 (loss * scale).backward()
             loss_acc += loss.detach().double() * (1.0 if has_units else 1.0 / (M * W))
             for k, v in metrics.items():
