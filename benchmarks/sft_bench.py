@@ -92,7 +92,7 @@ def run_posttrain(model_dir: str, data_file: str, out: Path, args) -> dict:
                     output_dir=str(out), max_steps=args.steps, batch_size=args.batch, grad_accum=1, lr=1e-4,
                     lr_schedule="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, log_every=1,
                     progress=False, sample_prompts=0, dtype="fp32", device="cpu", seed=0,
-                    completion_only_loss=True, num_threads=args.threads)
+                    completion_only_loss=True, num_threads=args.threads, compile=args.compile)
     t0 = time.perf_counter()
     summary = run(cfg)
     wall = time.perf_counter() - t0
@@ -123,7 +123,8 @@ def run_trl(model_dir: str, rows: list[dict], tok, out: Path, args) -> dict:
               weight_decay=0.0, max_grad_norm=1.0, logging_steps=args.steps, save_strategy="no",
               report_to="none", bf16=False, use_cpu=True, gradient_checkpointing=False,
               activation_checkpointing=False, max_length=args.prompt + args.completion + 8, packing=False,
-              completion_only_loss=True, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+              completion_only_loss=True, disable_tqdm=True, seed=0, dataloader_num_workers=0,
+              torch_compile=args.compile)
     t0 = time.perf_counter()
     trainer = SFTTrainer(model=model_dir, args=SFTConfig(**kw), train_dataset=Dataset.from_list(rows),
                          processing_class=tok, callbacks=[clock])
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["posttrain", "trl", "torch"], default=None)
     ap.add_argument("--no-floor", action="store_true", help="skip the bare-PyTorch reference loop")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile on both sides (posttrain compile=true, TRL torch_compile=True)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sft_bench.json"))
     args = ap.parse_args(argv)
 
