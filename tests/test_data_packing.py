@@ -193,3 +193,20 @@ def test_boolean_4d_mask_is_wrong_for_eager():
         lp = _token_logps(model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                                 attention_mask=batch["attention_mask"] == 0).logits, batch["input_ids"])
     assert abs(-(lp * batch["loss_mask"]).sum().item() - ref) > 1e-3
+
+
+def test_prefix_sharing_mask_by_hand():
+    """Segments [0, 0, 1, 1, 2, -1] (prompt, prompt, y1, y1, y2, pad): each completion token sees the prompt
+    and the earlier tokens of its own completion, never the other completion; the pad sees only itself."""
+    from posttrain.data.packing import prefix_sharing_mask
+
+    m = prefix_sharing_mask(torch.tensor([[0, 0, 1, 1, 2, -1]]), torch.float64)
+    assert m.shape == (1, 1, 6, 6)
+    allowed = (m[0, 0] == 0).int().tolist()
+    assert allowed == [[1, 0, 0, 0, 0, 0],
+                       [1, 1, 0, 0, 0, 0],
+                       [1, 1, 1, 0, 0, 0],
+                       [1, 1, 1, 1, 0, 0],
+                       [1, 1, 0, 0, 1, 0],
+                       [0, 0, 0, 0, 0, 1]]
+    assert (m[0, 0][m[0, 0] != 0] == torch.finfo(torch.float64).min).all()

@@ -151,6 +151,23 @@ def block_causal_mask(seq_ids: torch.Tensor, dtype: torch.dtype = torch.float32)
     return torch.where(allowed, zero, neg)[:, None]  # [B, 1, L, L]
 
 
+def prefix_sharing_mask(segments: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The additive mask of prefix sharing (one row = a shared prompt followed by several completions):
+    ``segments [B, L]`` with 0 on the prompt, ``j ≥ 1`` on completion ``j`` and a negative value on padding
+    -> ``[B, 1, L, L]``: 0 where query q may attend key k (k ≤ q, both real, and k in the prompt or in q's own
+    completion; a padding position attends only itself, so no row of the softmax is empty),
+    ``finfo(dtype).min`` elsewhere. Each completion then sees exactly the context it has in its own
+    unpacked sequence (the reward-model, DPO and RL ``share_prompt`` layouts)."""
+    L = segments.shape[1]
+    q, k = segments[:, :, None], segments[:, None, :]  # [B, L, 1], [B, 1, L]
+    causal = torch.ones(L, L, dtype=torch.bool, device=segments.device).tril()  # [L, L]
+    allowed = causal & (q >= 0) & (k >= 0) & ((k == 0) | (k == q))  # [B, L, L]
+    allowed |= torch.eye(L, dtype=torch.bool, device=segments.device) & (q < 0)  # padding sees itself
+    zero = torch.zeros((), dtype=dtype, device=segments.device)
+    neg = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=segments.device)
+    return torch.where(allowed, zero, neg)[:, None]  # [B, 1, L, L]
+
+
 def collate_packed(rows: Sequence[PackedRow], *, pad_id: int = 0, attention: str = "4d",
                    dtype: torch.dtype = torch.float32, pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """Packed rows -> ``input_ids``, ``loss_mask``, ``position_ids`` ([B, L], L = longest row or

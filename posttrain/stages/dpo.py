@@ -52,6 +52,7 @@ from typing import Any, Sequence
 import torch
 
 from posttrain.config import DPOConfig, PreferenceDataConfig
+from posttrain.data.packing import prefix_sharing_mask
 from posttrain.errors import ConfigError, DataError
 from posttrain.losses.preference import PREFERENCE_LOSSES, LossSpec, chosen_nll_term, kto_reference_point
 from posttrain.losses.reduce import masked_sum, num_units
@@ -218,15 +219,7 @@ def shared_prompt_batch(pairs: Sequence[Any], pad_id: int, mask_dtype: torch.dty
 
     input_ids = pad_sequences(rows, pad_id)                                  # [B, L]
     segments = pad_sequences(seg, -1)                                        # [B, L] (-1 = padding)
-    B, L = input_ids.shape
-    q = segments.unsqueeze(2)                                                # [B, L, 1]
-    k = segments.unsqueeze(1)                                                # [B, 1, L]
-    idx = torch.arange(L)
-    causal = idx.view(1, L, 1) >= idx.view(1, 1, L)                          # [1, L, L]
-    allowed = causal & (k >= 0) & ((k == 0) | (k == q))                      # [B, L, L]
-    allowed = allowed | (torch.eye(L, dtype=torch.bool).unsqueeze(0) & (q < 0))  # padding sees itself
-    mask = torch.zeros(B, 1, L, L, dtype=mask_dtype)
-    mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(mask_dtype).min)   # [B, 1, L, L]
+    mask = prefix_sharing_mask(segments, mask_dtype)                         # [B, 1, L, L]
     return {"input_ids": input_ids, "attention_mask": mask, "position_ids": pad_sequences(pos, 0),
             "pred_index": pad_sequences(pred, 0), "chosen_mask": pad_sequences(cm, 0),
             "rejected_mask": pad_sequences(rm, 0), "num_tokens": int((segments >= 0).sum())}

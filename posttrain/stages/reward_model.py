@@ -58,6 +58,7 @@ import torch
 
 from posttrain.config import RewardModelConfig, ScoreConfig
 from posttrain.data.collate import collate_lm
+from posttrain.data.packing import prefix_sharing_mask
 from posttrain.data.tokenize import EncodedPair, EncodedRanking, encode_dataset
 from posttrain.engine import StepSampler, Trainer, eval_shards
 from posttrain.errors import ConfigError, DataError
@@ -182,12 +183,8 @@ class RewardBatcher:
             input_ids[b, :n] = torch.tensor(ids, dtype=torch.long)
             segment[b, :n] = torch.tensor(seg, dtype=torch.long)
             position_ids[b, :n] = torch.tensor(pos, dtype=torch.long)
-        q, k = segment[:, :, None], segment[:, None, :]                       # [B, L, 1], [B, 1, L]
-        causal = torch.ones(L, L, dtype=torch.bool).tril()                    # [L, L]
-        allowed = causal & ((q == k) | ((k == 0) & (q >= 0)))                 # [B, L, L]
-        mask = torch.where(allowed, torch.zeros((), dtype=self.mask_dtype),
-                           torch.tensor(torch.finfo(self.mask_dtype).min, dtype=self.mask_dtype))  # [B, L, L]
-        return {"input_ids": input_ids, "attention_mask": mask[:, None], "position_ids": position_ids,
+        mask = prefix_sharing_mask(segment, self.mask_dtype)                  # [B, 1, L, L]
+        return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids,
                 "pool_index": torch.tensor(ends, dtype=torch.long),           # [R, 2]
                 "num_tokens": sum(len(r[0]) for r in rows)}
 

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import torch
 
+from posttrain.data.packing import prefix_sharing_mask
 from posttrain.errors import ConfigError
 from posttrain.losses.advantages import gae, grpo_advantages, reinforce_baseline, rloo_advantages, whiten
 from posttrain.losses.kl import kl_loss_term, kl_penalised_rewards
@@ -206,13 +207,7 @@ def pack_groups(batch: dict, group_size: int, prompt_width: int,
     block = torch.cat([torch.zeros(P, dtype=torch.long, device=dev),
                        torch.arange(1, G + 1, device=dev).repeat_interleave(C)])  # [L] 0 = prompt, j+1 = y_j
     seg = torch.where(p_am, block, -1)                                           # [g, L] -1 = padding
-    q, k = seg.unsqueeze(2), seg.unsqueeze(1)                                    # [g, L, 1], [g, 1, L]
-    idx = torch.arange(L, device=dev)
-    causal = idx.view(1, L, 1) >= idx.view(1, 1, L)                              # [1, L, L]
-    allowed = causal & (q >= 0) & (k >= 0) & ((k == 0) | (k == q))             # [g, L, L]
-    allowed = allowed | (torch.eye(L, dtype=torch.bool, device=dev).unsqueeze(0) & (q < 0))
-    mask = torch.zeros(g, 1, L, L, dtype=mask_dtype, device=dev)
-    mask.masked_fill_(~allowed.unsqueeze(1), torch.finfo(mask_dtype).min)       # [g, 1, L, L]
+    mask = prefix_sharing_mask(seg, mask_dtype)                                  # [g, 1, L, L]
     col = torch.arange(T, device=dev)
     j = torch.arange(G, device=dev).view(G, 1)
     local = torch.where(col < P, col, P + j * C + (col - P))                      # [G, T]
