@@ -116,13 +116,14 @@ def worker_posttrain(args) -> dict:
     cfg = RewardModelConfig(model=args.model_dir, data={"train": args.data, "max_len": 256, "max_prompt_len": 128},
                             output_dir=str(out), max_steps=total, batch_size=args.batch, lr=LR, loss="bradley_terry",
                             dtype="fp32", device="cpu", progress=False, log_every=1, seed=0,
-                            lr_schedule="linear", warmup_steps=0, min_lr_ratio=0.0, share_prompt=not args.no_share)
+                            lr_schedule="linear", warmup_steps=0, min_lr_ratio=0.0, share_prompt=not args.no_share,
+                            compile=args.compile)
     t0 = time.perf_counter()
     summary = run(cfg)
     wall = time.perf_counter() - t0
     recs = [r for r in read_jsonl(out / "metrics.jsonl") if "steps_per_s" in r]
     timed = [1.0 / r["steps_per_s"] for r in recs][args.warmup:]
-    res = {"side": "posttrain" if not args.no_share else "posttrain_unshared", "steps_per_s": len(timed) / sum(timed), "tokens_per_step": recs[-1]["tokens"],
+    res = {"side": "posttrain" + ("_unshared" if args.no_share else "") + ("_compile" if args.compile else ""), "steps_per_s": len(timed) / sum(timed), "tokens_per_step": recs[-1]["tokens"],
            "wall_s": wall, "final_loss": summary["final_loss"], "peak_flops": measure_peak_flops(torch.device("cpu")),
            "threads": torch.get_num_threads()}
     shutil.rmtree(out, ignore_errors=True)
@@ -148,7 +149,7 @@ def worker_trl(args) -> dict:
     kw = dict(output_dir=str(out), per_device_train_batch_size=args.batch, max_steps=total, learning_rate=LR,
               bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False, logging_steps=10_000,
               save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0, max_length=None,
-              seed=0, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0)
+              seed=0, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=1.0, torch_compile=args.compile)
     fields = {f.name for f in dataclasses.fields(RewardConfig)}
     if "activation_checkpointing" in fields:
         kw["activation_checkpointing"] = False
@@ -218,7 +219,9 @@ def worker_profile(args) -> dict:
 
 # --------------------------------------------------------------------------------------- driver
 def _run_worker(python: str, which: str, args, fx: dict) -> dict:
-    worker, extra = ("posttrain", ["--no-share"]) if which == "posttrain_unshared" else (which, [])
+    worker, extra = {"posttrain_unshared": ("posttrain", ["--no-share"]),
+                     "posttrain_compile": ("posttrain", ["--compile"]),
+                     "trl_compile": ("trl", ["--compile"])}.get(which, (which, []))
     cmd = [python, str(Path(__file__).resolve()), "--worker", worker, "--model-dir", fx["model"], "--data",
            fx["data"], "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch), *extra]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -246,6 +249,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--like-for-like", action="store_true", help="also run posttrain with share_prompt=false")
     ap.add_argument("--no-share", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--with-compile", action="store_true",
+                    help="also run posttrain compile=true and TRL torch_compile=True")
     ap.add_argument("--worker", choices=["posttrain", "trl", "profile"])
     ap.add_argument("--model-dir")
     ap.add_argument("--data")
@@ -257,7 +263,9 @@ def main(argv=None) -> int:
 
     trl_py = None if args.skip_trl else str(ensure_env("trl"))
     sides = [("posttrain", sys.executable)] + ([("posttrain_unshared", sys.executable)] if args.like_for_like else [])
+    sides += [("posttrain_compile", sys.executable)] if args.with_compile else []
     sides += [("trl", trl_py)] if trl_py else []
+    sides += [("trl_compile", trl_py)] if trl_py and args.with_compile else []
     table = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         fx = prepare(model, args.prompt_len, args.completion_len)
@@ -274,7 +282,8 @@ def main(argv=None) -> int:
         for side, rs in results.items():
             best = max(r["steps_per_s"] for r in rs)
             # tokens each side actually runs through the model per step (posttrain: the shared prompt once)
-            tokens = rs[0]["tokens_per_step"] if side != "trl" else args.batch * sum(rs[0]["tokens_first_row"])
+            tokens = (rs[0]["tokens_per_step"] if not side.startswith("trl")
+                      else args.batch * sum(rs[0]["tokens_first_row"]))
             mfu = 6 * fx["matmul_params"] * tokens * best / p0["peak_flops"]
             table.append((model, side, best, statistics.median(r["steps_per_s"] for r in rs), mfu, tokens))
         if trl_py:
@@ -296,6 +305,9 @@ def main(argv=None) -> int:
             line = f"{model}: posttrain / TRL = {b['posttrain'] / b['trl']:.2f}x (best rounds)"
             if "posttrain_unshared" in b:
                 line += f"; share_prompt=false / TRL = {b['posttrain_unshared'] / b['trl']:.2f}x"
+            if "posttrain_compile" in b:
+                line += (f"; compile=true / TRL = {b['posttrain_compile'] / b['trl']:.2f}x, / TRL torch_compile = "
+                         f"{b['posttrain_compile'] / b['trl_compile']:.2f}x")
             print(line)
     return 0
 
