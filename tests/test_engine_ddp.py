@@ -22,12 +22,12 @@ sys.path.insert(0, str(HERE))
 from test_engine_utils import collate, lm_loss, ragged_examples, stage_cfg, state, tiny_llama  # noqa: E402
 
 
-def _train(out_dir: Path, model, *, batch_size: int, grad_accum: int):
+def _train(out_dir: Path, model, *, batch_size: int, grad_accum: int, compile: bool = False):
     from posttrain.engine import Run, StepSampler, Trainer, distributed
 
     info = distributed.init("cpu")
     ex = ragged_examples(24)
-    cfg = stage_cfg(out_dir, batch_size=batch_size, grad_accum=grad_accum, max_steps=3)
+    cfg = stage_cfg(out_dir, batch_size=batch_size, grad_accum=grad_accum, max_steps=3, compile=compile)
     run = Run.open(cfg, "test")
     tr = Trainer(cfg, run, model)
     sampler = StepSampler.from_config(cfg, len(ex), rank=info.rank, world=info.world_size)
@@ -35,26 +35,31 @@ def _train(out_dir: Path, model, *, batch_size: int, grad_accum: int):
     return info, summary
 
 
-def _worker(out: str) -> None:
+def _worker(out: str, compile: bool = False) -> None:
     model = tiny_llama(0)
     from posttrain.engine import distributed
 
-    info, summary = _train(Path(out) / "run", model, batch_size=2, grad_accum=2)
+    info, summary = _train(Path(out) / "run", model, batch_size=2, grad_accum=2, compile=compile)
     if info.rank == 0:
         torch.save({"state": state(model), "loss": summary["final_loss"], "world": info.world_size},
                    Path(out) / "ddp.pt")
     distributed.teardown()
 
 
-def test_two_ranks_equal_one_rank(tmp_path):
+def _two_ranks(tmp_path, *extra: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(Path(__file__).resolve()), str(tmp_path)],
+         str(Path(__file__).resolve()), str(tmp_path), *extra],
         env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = torch.load(tmp_path / "ddp.pt")
     assert got["world"] == 2
+    return got
+
+
+def test_two_ranks_equal_one_rank(tmp_path):
+    got = _two_ranks(tmp_path)
     ref = tiny_llama(0)
     init = state(ref)
     _, summary = _train(tmp_path / "ref", ref, batch_size=8, grad_accum=1)
@@ -65,5 +70,19 @@ def test_two_ranks_equal_one_rank(tmp_path):
     assert got["loss"] == summary["final_loss"] or abs(got["loss"] - summary["final_loss"]) < 1e-12
 
 
+def test_two_compiled_ranks_equal_one_eager_rank(tmp_path):
+    """``compile=true`` under DDP (``torch.compile`` of the DDP wrapper, gloo): the same weights as one eager
+    rank to |Δ| < 1e-5 (measured 1.2e-6: HF's float32 RMSNorm inside the float64 model, rounded differently
+    by the fused kernel, as in the single-rank compile test)."""
+    got = _two_ranks(tmp_path, "compile")
+    ref = tiny_llama(0)
+    init = state(ref)
+    _train(tmp_path / "ref", ref, batch_size=8, grad_accum=1)
+    ref_state = state(ref)
+    diff = max(float((ref_state[k] - got["state"][k]).abs().max()) for k in ref_state)
+    moved = max(float((ref_state[k] - init[k]).abs().max()) for k in ref_state)
+    assert diff < 1e-5 and moved > 1e-3
+
+
 if __name__ == "__main__":
-    _worker(sys.argv[1])
+    _worker(sys.argv[1], compile=len(sys.argv) > 2 and sys.argv[2] == "compile")
