@@ -138,11 +138,14 @@ PACKED_MAX_LEN = 4096  # longest packed row prefix sharing builds (its 4-D mask 
 
 
 def cost_shape(model) -> tuple[int, int, int] | None:
-    """``(parameters, layers, hidden)`` of a transformer, for :func:`packing_pays`; None when unknown."""
+    """``(matmul parameters, layers, hidden)`` of a transformer, for :func:`packing_pays` (an untied input
+    embedding table costs no FLOPs per position, as in the engine's MFU); None when unknown."""
+    from posttrain.engine.trainer import matmul_params
+
     cfg = getattr(model, "config", None)
     if cfg is None or not hasattr(cfg, "num_hidden_layers") or not hasattr(cfg, "hidden_size"):
         return None
-    return sum(p.numel() for p in model.parameters()), cfg.num_hidden_layers, cfg.hidden_size
+    return matmul_params(model), cfg.num_hidden_layers, cfg.hidden_size
 
 
 def packing_pays(shape: tuple[int, int, int] | None, padded: tuple[int, int], packed: tuple[int, int]) -> bool:

@@ -11,9 +11,10 @@
     no-grad forward and the backward pass covers only the labelled rows. Sequence log-probs are sums over
     the completion tokens (``loss_mask``); the loss itself comes from the registry — this file holds no
     loss math. ``share_prompt`` (default ``auto``: per batch, when a FLOP estimate says it is cheaper) packs
-    each pair as ``prompt + chosen + rejected`` in one row instead (a 4-D mask keeps the two completions apart;
-    :func:`shared_prompt_batch`): the same log-probs, up to float rounding, with every prompt processed once. K-wise ranking data (``prompt``, ``completions``, ``ranking``) train as
-    pairs (:func:`ranking_to_pairs`, ``ranking_pairs``: all / best_rest / best_worst). ``nll_weight=α > 0`` adds RPO's term ``α · chosen_nll_term`` (the chosen
+    each pair as ``prompt + chosen + rejected`` in one row instead (a 4-D mask keeps the two completions
+    apart; :func:`shared_prompt_batch`): the same log-probs, up to float rounding, with every prompt processed
+    once. K-wise ranking data (``prompt``, ``completions``, ``ranking``) train as pairs
+    (:func:`ranking_to_pairs`, ``ranking_pairs``: all / best_rest / best_worst). ``nll_weight=α > 0`` adds RPO's term ``α · chosen_nll_term`` (the chosen
     completions' per-token NLL) to any paired loss and logs it as ``nll``.
 
     Reference log-probs are computed ONCE over the dataset before training (``precompute_ref=true``,
