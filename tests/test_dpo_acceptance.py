@@ -17,6 +17,17 @@ Pipeline (every run directory is reused when it already holds the same finished 
 Accepted: DPO, IPO and SimPO on annotator pairs each reach a gold win rate >= 65% vs SFT. Every number is
 printed as a table and written to ``WORK/acceptance.json``.
 
+Not met so far. Measured (session 7, world 5b46ded304d1; 280 eval prompts × 2 samples, σ ≈ 0.02): with
+:data:`TOY`, DPO 0.568 (gold 0.87 → 1.21, KL 1.4), IPO 0.532, SimPO 0.477, DPO on on-policy pairs 0.621.
+Every variation tried stays at 0.51–0.57: β 0.03 / 0.3 / 1.0 → 0.537 / 0.548 / 0.536; lr 2e-4 → 0.532;
+300 steps → 0.537; lr 2e-5 × 300 steps → 0.570; β 0.3 with lr 1e-4 → 0.564; the RPO term (``nll_weight``
+0.2 / 1) → DPO 0.570 / 0.573, IPO 0.564, SimPO 0.564; best-vs-worst pairs of the annotators' 4-way
+rankings → 0.507. The per-family gold says why: DPO lifts fact (1.57 → 2.36), reason (1.12 → 2.08) and
+arith (−0.36 → 0.65) but lowers emotional (1.62 → 0.44) and howto (−0.37 → −0.65): it pushes the policy
+towards the chosen answers' empathy template (``I am sorry you feel <emotion>. That sounds hard. …``),
+which the 2M-parameter SFT model, sampled at temperature 1, garbles (``I am angryanks. That sounds feel
+tired.``), while PPO (on its own samples) reaches 0.70 on the same evaluation.
+
 Run: ``.venv/bin/python -m pytest tests/test_dpo_acceptance.py -m slow -s`` or
 ``.venv/bin/python tests/test_dpo_acceptance.py [--set KEY=VALUE] [LOSS ...]`` (``--set nll_weight=1``: the
 RPO variants, in their own WORK folder). ``POSTTRAIN_DPO_ACCEPT`` sets WORK
@@ -137,8 +148,8 @@ def acceptance(losses: list[str] | None = None) -> dict:
     world = _world()
     sft = _sft(world)
     judge = Judge(world, sft)
-    results: dict[str, dict] = {"sft": {"gold": judge.base.metrics.get("gold"),
-                                        "length": judge.base.metrics.get("length")}}
+    results: dict[str, dict] = {"sft": {k: v for k, v in judge.base.metrics.items()
+                                        if k in ("gold", "length") or k.endswith("/gold")}}
     for name in losses or list(PREFERENCE_LOSSES):
         data = world / ("kto/train.jsonl" if not PREFERENCE_LOSSES[name].paired else "preference/train.jsonl")
         out, s = _dpo(name, sft, str(data))
@@ -164,13 +175,25 @@ def acceptance(losses: list[str] | None = None) -> dict:
 def _row(name: str, r: dict) -> str:
     f = lambda k, fmt="{:.3f}": (fmt.format(r[k]) if isinstance(r.get(k), (int, float)) else "-")  # noqa: E731
     return (f"| {name} | {f('beta', '{:g}')} | {f('steps', '{:d}')} | {f('train_s', '{:.0f}')} | {f('win_rate')} | "
-            f"{f('gold')} | {f('kl', '{:.2f}')} | {f('length', '{:.1f}')} | {f('final_accuracy', '{:.2f}')} |")
+            f"{f('gold')} | {f('kl', '{:.2f}')} | {f('length', '{:.1f}')} | {f('final_accuracy', '{:.2f}')} | "
+            f"{_families(r)} |")
+
+
+FAMILIES = ("fact", "emotional", "howto", "arith", "reason")
+
+
+def _families(r: dict) -> str:
+    """Mean gold per prompt family, in :data:`FAMILIES` order (where a loss helps and where it hurts)."""
+    return " / ".join(f"{r[f'{k}/gold']:.2f}" if isinstance(r.get(f"{k}/gold"), (int, float)) else "-"
+                      for k in FAMILIES)
 
 
 def table(results: dict) -> str:
-    lines = ["| loss | β | steps | train s | gold win rate vs SFT | gold | KL to SFT | length | train acc |",
-             "|---|---|---|---|---|---|---|---|---|",
-             f"| sft | - | - | - | 0.500 | {results['sft']['gold']:.3f} | 0 | {results['sft']['length']:.1f} | - |"]
+    lines = ["| loss | β | steps | train s | gold win rate vs SFT | gold | KL to SFT | length | train acc | "
+             "gold " + " / ".join(FAMILIES) + " |",
+             "|---|---|---|---|---|---|---|---|---|---|",
+             f"| sft | - | - | - | 0.500 | {results['sft']['gold']:.3f} | 0 | {results['sft']['length']:.1f} | - | "
+             f"{_families(results['sft'])} |"]
     lines += [_row(k, v) for k, v in results.items() if k not in ("sft", "_meta")]
     return "\n".join(lines)
 
