@@ -22,11 +22,16 @@ Not met so far. Measured (session 7, world 5b46ded304d1; 280 eval prompts × 2 s
 Every variation tried stays at 0.51–0.57: β 0.03 / 0.3 / 1.0 → 0.537 / 0.548 / 0.536; lr 2e-4 → 0.532;
 300 steps → 0.537; lr 2e-5 × 300 steps → 0.570; β 0.3 with lr 1e-4 → 0.564; the RPO term (``nll_weight``
 0.2 / 1) → DPO 0.570 / 0.573, IPO 0.564, SimPO 0.564; best-vs-worst pairs of the annotators' 4-way
-rankings → 0.507. The per-family gold says why: DPO lifts fact (1.57 → 2.36), reason (1.12 → 2.08) and
+rankings → 0.507; the rest of the registry with :data:`TOY`: robust DPO (ε 0.2) 0.584, hinge 0.562,
+cDPO (ε 0.2) 0.546, APO-zero 0.536, ORPO 0.534. The per-family gold says why: DPO lifts fact (1.57 → 2.36), reason (1.12 → 2.08) and
 arith (−0.36 → 0.65) but lowers emotional (1.62 → 0.44) and howto (−0.37 → −0.65): it pushes the policy
 towards the chosen answers' empathy template (``I am sorry you feel <emotion>. That sounds hard. …``),
 which the 2M-parameter SFT model, sampled at temperature 1, garbles (``I am angryanks. That sounds feel
-tired.``), while PPO (on its own samples) reaches 0.70 on the same evaluation.
+tired.``), while PPO (on its own samples) reaches 0.70 on the same evaluation. Iterating step 4 (each round
+samples from the last round's policy, seed = round, and trains from it; ``/tmp``-scripted, not in this
+file): 0.580, 0.586, then 0.457 in round 3 (KL to SFT 15.7: the proxy reward model is over-optimised).
+Round 1 there is step 4 with another seed (0.580 vs 0.621): the pipeline's seed spread, ~±0.04, is twice
+the evaluation's σ.
 
 Run: ``.venv/bin/python -m pytest tests/test_dpo_acceptance.py -m slow -s`` or
 ``.venv/bin/python tests/test_dpo_acceptance.py [--set KEY=VALUE] [LOSS ...]`` (``--set nll_weight=1``: the
