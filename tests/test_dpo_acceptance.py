@@ -18,24 +18,23 @@ Accepted: DPO, IPO and SimPO on annotator pairs each reach a gold win rate >= 65
 printed as a table and written to ``WORK/acceptance.json``.
 
 Not met so far. Measured (session 7, world 5b46ded304d1; 280 eval prompts × 2 samples, σ ≈ 0.02): with
-:data:`TOY`, DPO 0.568 (gold 0.87 → 1.21, KL 1.4), IPO 0.532, SimPO 0.477, DPO on on-policy pairs 0.621.
-Every variation tried stays at 0.51–0.57: β 0.03 / 0.3 / 1.0 → 0.537 / 0.548 / 0.536; lr 2e-4 → 0.532;
-300 steps → 0.537; lr 2e-5 × 300 steps → 0.570; β 0.3 with lr 1e-4 → 0.564; the RPO term (``nll_weight``
-0.2 / 1) → DPO 0.570 / 0.573, IPO 0.564, SimPO 0.564; best-vs-worst pairs of the annotators' 4-way
-rankings → 0.507; the rest of the registry with :data:`TOY`: robust DPO (ε 0.2) 0.584, hinge 0.562,
-cDPO (ε 0.2) 0.546, APO-zero 0.536, ORPO 0.534. The per-family gold says why: DPO lifts fact (1.57 → 2.36), reason (1.12 → 2.08) and
-arith (−0.36 → 0.65) but lowers emotional (1.62 → 0.44) and howto (−0.37 → −0.65): it pushes the policy
-towards the chosen answers' empathy template (``I am sorry you feel <emotion>. That sounds hard. …``),
-which the 2M-parameter SFT model, sampled at temperature 1, garbles (``I am angryanks. That sounds feel
-tired.``), while PPO (on its own samples) reaches 0.70 on the same evaluation. Iterating step 4 (each round
-samples from the last round's policy, seed = round, and trains from it; ``/tmp``-scripted, not in this
-file): 0.580, 0.586, then 0.457 in round 3 (KL to SFT 15.7: the proxy reward model is over-optimised).
-Round 1 there is step 4 with another seed (0.580 vs 0.621): the pipeline's seed spread, ~±0.04, is twice
-the evaluation's σ.
+:data:`TOY`, DPO 0.568 (gold 0.87 → 1.21, KL 1.4), IPO 0.532, SimPO 0.477, DPO on on-policy pairs 0.621. Every
+variation tried stays at 0.51–0.57: β 0.03 / 0.3 / 1.0 → 0.537 / 0.548 / 0.536; lr 2e-4 → 0.532; 300 steps →
+0.537; lr 2e-5 × 300 steps → 0.570; β 0.3 with lr 1e-4 → 0.564; the RPO term (``nll_weight`` 0.2 / 1) → DPO
+0.570 / 0.573, IPO 0.564, SimPO 0.564; best-vs-worst pairs of the annotators' 4-way rankings → 0.507; the rest
+of the registry with :data:`TOY`: robust DPO (ε 0.2) 0.584, hinge 0.562, cDPO (ε 0.2) 0.546, APO-zero 0.536,
+ORPO 0.534. The per-family gold says why: DPO lifts fact (1.57 → 2.36), reason (1.12 → 2.08) and arith (−0.36
+→ 0.65) but lowers emotional (1.62 → 0.44) and howto (−0.37 → −0.65): it pushes the policy towards the chosen
+answers' empathy template (``I am sorry you feel <emotion>. That sounds hard. …``), which the 2M-parameter SFT
+model, sampled at temperature 1, garbles (``I am angryanks. That sounds feel tired.``), while PPO (on its own
+samples) reaches 0.70 on the same evaluation. Iterating step 4 (:func:`iterated`, ``--iterate 3``: each round
+samples pairs from the last round's policy, seed = round, and trains from it): 0.580, 0.586, then 0.457 in
+round 3 (KL to SFT 15.7: the proxy reward model is over-optimised). Round 1 there is step 4 with another seed
+(0.580 vs 0.621): the pipeline's seed spread, ~±0.04, is twice the evaluation's σ.
 
 Run: ``.venv/bin/python -m pytest tests/test_dpo_acceptance.py -m slow -s`` or
 ``.venv/bin/python tests/test_dpo_acceptance.py [--set KEY=VALUE] [LOSS ...]`` (``--set nll_weight=1``: the
-RPO variants, in their own WORK folder). ``POSTTRAIN_DPO_ACCEPT`` sets WORK
+RPO variants, in their own WORK folder) or ``... --iterate N``. ``POSTTRAIN_DPO_ACCEPT`` sets WORK
 (default ``runs/dpo_acceptance``).
 """
 
@@ -88,16 +87,31 @@ def _reward_model(world: Path, sft: Path) -> Path:
     return out
 
 
-def _on_policy_pairs(world: Path, sft: Path, rm: Path) -> Path:
+def _on_policy_pairs(world: Path, sft: Path, rm: Path, out: Path | None = None, seed: int = 0) -> Path:
     from posttrain.config import PreferenceDataConfig
     from posttrain.stages.dpo import preference_data
 
-    out = WORK / "preference_data"
+    out = out or WORK / "preference_data"
     preference_data(PreferenceDataConfig(
         model=str(sft), reward=f"rm:{rm}", num_samples=4, pairs="best_worst", batch_size=64,
         data={"train": str(world / "preference/train.jsonl"), "max_len": MAX_LEN, "max_prompt_len": MAX_PROMPT},
-        generation={"max_new_tokens": 40, "temperature": 1.0}, output_dir=str(out), progress=False))
+        generation={"max_new_tokens": 40, "temperature": 1.0}, output_dir=str(out), progress=False, seed=seed))
     return out
+
+
+def iterated(rounds: int) -> list[dict]:
+    """Step 4 repeated (iterative on-policy DPO): round ``k`` samples pairs from round ``k−1``'s policy with
+    seed ``k``, scores them with the same reward model and trains DPO from that policy (which is also its
+    reference); every round is judged against the SFT model."""
+    world = _world()
+    sft = _sft(world)
+    judge, rm, policy, res = Judge(world, sft), _reward_model(world, sft), sft, []
+    for k in range(1, rounds + 1):
+        pairs = _on_policy_pairs(world, policy, rm, WORK / f"iter{k}-pairs", seed=k)
+        policy, _ = _dpo("dpo", policy, str(pairs / "pairs.jsonl"), tag=f"iter{k}")
+        res.append(judge(policy))
+        print(f"round {k}: " + _row(f"dpo-iter{k}", res[-1]), flush=True)
+    return res
 
 
 def _dpo(name: str, sft: Path, train: str, tag: str | None = None) -> tuple[Path, dict]:
@@ -217,10 +231,12 @@ def _main(argv: list[str]) -> None:
     global WORK
     import yaml
 
-    losses, over = [], {}
+    losses, over, rounds = [], {}, 0
     it = iter(argv)
     for a in it:
-        if a == "--set":
+        if a == "--iterate":
+            rounds = int(next(it))
+        elif a == "--set":
             key, _, value = next(it).partition("=")
             over[key] = yaml.safe_load(value)
         else:
@@ -228,7 +244,10 @@ def _main(argv: list[str]) -> None:
     if over:
         TOY.update(over)
         WORK = WORK.with_name(WORK.name + "".join(f"-{k}-{v}" for k, v in over.items()))
-    acceptance(losses or None)
+    if rounds:
+        iterated(rounds)
+    else:
+        acceptance(losses or None)
 
 
 if __name__ == "__main__":
