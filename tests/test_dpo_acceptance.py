@@ -19,7 +19,7 @@ printed as a table and written to ``WORK/acceptance.json``.
 
 Not met so far. Measured (session 7, world 5b46ded304d1; 280 eval prompts × 2 samples, σ ≈ 0.02): with
 :data:`TOY`, DPO 0.568 (gold 0.87 → 1.21, KL 1.4), IPO 0.532, SimPO 0.477, DPO on on-policy pairs 0.621. Every
-variation tried stays at 0.51–0.57: β 0.03 / 0.3 / 1.0 → 0.537 / 0.548 / 0.536; lr 2e-4 → 0.532; 300 steps →
+variation tried stays at 0.51–0.59: β 0.03 / 0.3 / 1.0 → 0.537 / 0.548 / 0.536; lr 2e-4 → 0.532; 300 steps →
 0.537; lr 2e-5 × 300 steps → 0.570; β 0.3 with lr 1e-4 → 0.564; the RPO term (``nll_weight`` 0.2 / 1) → DPO
 0.570 / 0.573, IPO 0.564, SimPO 0.564; best-vs-worst pairs of the annotators' 4-way rankings → 0.507; the rest
 of the registry with :data:`TOY`: robust DPO (ε 0.2) 0.584, hinge 0.562, cDPO (ε 0.2) 0.546, APO-zero 0.536,
@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from posttrain.world.tasks import FAMILIES
 
 WORK = Path(os.environ.get("POSTTRAIN_DPO_ACCEPT", "runs/dpo_acceptance"))
 MAX_LEN, MAX_PROMPT = 96, 48
@@ -198,11 +200,8 @@ def _row(name: str, r: dict) -> str:
             f"{_families(r)} |")
 
 
-FAMILIES = ("fact", "emotional", "howto", "arith", "reason")
-
-
 def _families(r: dict) -> str:
-    """Mean gold per prompt family, in :data:`FAMILIES` order (where a loss helps and where it hurts)."""
+    """Mean gold per prompt family, in the world's family order (where a loss helps and where it hurts)."""
     return " / ".join(f"{r[f'{k}/gold']:.2f}" if isinstance(r.get(f"{k}/gold"), (int, float)) else "-"
                       for k in FAMILIES)
 
