@@ -336,6 +336,13 @@ class RLConfig(StageConfig):
         if self.grad_accum != 1:
             raise ValueError("grad_accum is not used by rl: set minibatch_size (completions per optimizer "
                              "step) and batch_size (completions per micro-batch)")
+        if self.resolved_kl_mode == "loss" and self.resolved_kl_estimator == "k1":
+            raise ValueError("kl_estimator=k1 as a loss term (kl_mode=loss) has zero expected gradient "
+                             "(E[∇ log π/π_ref] = 0 under π): use k2 or k3, or kl_mode=reward")
+        if self.resolved_policy_loss == "vanilla_pg" and self.updates_per_step > 1:
+            raise ValueError(f"policy_loss=vanilla_pg has no importance ratio, so only the first of the "
+                             f"{self.updates_per_step} updates per rollout (ppo_epochs × rollout / minibatch_size) "
+                             f"would be on-policy: use policy_loss=ppo (or cispo) or one update per rollout")
         return self
 
     @property

@@ -68,3 +68,23 @@ def test_common_keys_shared_by_stages():
     for cls in (SFTConfig, DPOConfig, RLConfig):
         for key in ("model", "data", "output_dir", "seed", "max_steps"):
             assert key in cls.model_fields
+
+
+@pytest.mark.parametrize("overrides,message", [
+    # E_π[∇ log π/π_ref] = E_π[∇ log π] = Σ_y ∇π(y) = ∇1 = 0: a k1 loss term moves nothing in expectation.
+    (["algo=grpo", "kl_estimator=k1"], "kl_estimator=k1 as a loss term"),
+    (["algo=rloo", "kl_mode=loss", "kl_estimator=k1"], "zero expected gradient"),
+    # rollout 8 × 4 = 32 completions, 2 epochs of 2 minibatches of 16: 4 updates, 3 of them off-policy
+    (["algo=rloo", "ppo_epochs=2", "minibatch_size=16"], "only the first of the 4 updates"),
+    (["algo=reinforce", "ppo_epochs=3"], "only the first of the 3 updates"),
+])
+def test_rl_combinations_that_cannot_work_are_rejected(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(RLConfig, None, overrides)
+
+
+def test_rl_combinations_next_to_the_rejected_ones_are_accepted():
+    assert load_config(RLConfig, None, ["algo=grpo", "kl_estimator=k2"]).resolved_kl_estimator == "k2"
+    assert load_config(RLConfig, None, ["algo=rloo", "kl_estimator=k1"]).resolved_kl_mode == "reward"
+    assert load_config(RLConfig, None, ["algo=rloo", "ppo_epochs=2", "policy_loss=ppo"]).updates_per_step == 2
+    assert load_config(RLConfig, None, ["algo=reinforce"]).updates_per_step == 1

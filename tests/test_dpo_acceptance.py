@@ -30,7 +30,11 @@ model, sampled at temperature 1, garbles (``I am angryanks. That sounds feel tir
 samples) reaches 0.70 on the same evaluation. Iterating step 4 (:func:`iterated`, ``--iterate 3``: each round
 samples pairs from the last round's policy, seed = round, and trains from it): 0.580, 0.586, then 0.457 in
 round 3 (KL to SFT 15.7: the proxy reward model is over-optimised). Round 1 there is step 4 with another seed
-(0.580 vs 0.621): the pipeline's seed spread, ~±0.04, is twice the evaluation's σ.
+(0.580 vs 0.621): the pipeline's seed spread, ~±0.04, is twice the evaluation's σ. Three seeds of the DPO
+stage alone (session 8, ``--set seed=1`` / ``--set seed=2 dpo ipo simpo dpo-on-policy``: only the order of the
+pairs changes; SFT model, reward model, on-policy pairs and evaluation are the same): DPO 0.568 / 0.575 / 0.543
+(mean 0.562), IPO 0.532 / 0.530 / 0.546 (0.536), SimPO 0.477 / 0.393 / 0.457 (0.442), DPO on on-policy pairs
+0.621 / 0.588 / 0.604 (0.604) — every seed of every loss is below 0.65, so the miss is not seed noise.
 
 Run: ``.venv/bin/python -m pytest tests/test_dpo_acceptance.py -m slow -s`` or
 ``.venv/bin/python tests/test_dpo_acceptance.py [--set KEY=VALUE] [LOSS ...]`` (``--set nll_weight=1``: the
@@ -171,7 +175,7 @@ def acceptance(losses: list[str] | None = None) -> dict:
     judge = Judge(world, sft)
     results: dict[str, dict] = {"sft": {k: v for k, v in judge.base.metrics.items()
                                         if k in ("gold", "length") or k.endswith("/gold")}}
-    for name in losses or list(PREFERENCE_LOSSES):
+    for name in [n for n in losses if n != "dpo-on-policy"] if losses else list(PREFERENCE_LOSSES):
         data = world / ("kto/train.jsonl" if not PREFERENCE_LOSSES[name].paired else "preference/train.jsonl")
         out, s = _dpo(name, sft, str(data))
         results[name] = {"train_s": s.get("train_time_s"), "steps": s.get("steps"), "beta": s.get("beta"),

@@ -142,3 +142,21 @@ def test_adaptive_kl_controller():
     assert fixed.update(100.0, 1000) == 0.05 and fixed.value == 0.05
     with pytest.raises(ValueError):
         AdaptiveKLController(0.1, 0.0, 10)
+
+
+def test_kl_loss_term_expected_gradient_direction_per_estimator():
+    """Exact expectation over a two-token vocabulary (the float mask carries the weights π(x), one row,
+    seq-mean-token-sum ⇒ loss = Σ_x π(x)·k(x)). π = softmax([θ, 0]) at θ = 0 → π = [½, ½],
+    ∇_θ log π = [½, −½]; π_ref = [¾, ¼].
+    E[∇k1] = Σ π ∇log π = ¼ − ¼ = 0.
+    E[∇k2] = Σ π log(π/π_ref) ∇log π = ¼·log(2/3) − ¼·log 2 = −¼ log 3 = ∇KL(π ‖ π_ref) ≈ −0.274653.
+    E[∇k3] = Σ (π − π_ref) ∇log π = (−¼)·½ + (¼)·(−½) = −¼ = ∇KL(π_ref ‖ π) = −Σ π_ref ∇log π
+    = −(⅜ − ⅛): the reverse KL's gradient, not the forward one (as the docstring states)."""
+    expected = {"k1": 0.0, "k2": -0.25 * math.log(3.0), "k3": -0.25}
+    ref = torch.log(torch.tensor([[0.75, 0.25]], dtype=D))
+    for est, want in expected.items():
+        theta = torch.zeros(1, dtype=D, requires_grad=True)
+        lp = torch.log_softmax(torch.cat([theta, torch.zeros(1, dtype=D)]), 0).unsqueeze(0)  # [1, 2]
+        loss, _ = kl_loss_term(lp, ref, lp.detach().exp(), beta=1.0, estimator=est, agg="seq-mean-token-sum")
+        (g,) = torch.autograd.grad(loss, theta)
+        close(g[0], want, rtol=1e-9, atol=1e-12)

@@ -101,8 +101,13 @@ def kl_loss_term(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch
 
     Symbols: ``logprobs`` ``[B, T]`` = ``log π_θ`` (with grad), ``ref_logprobs`` ``[B, T]`` (constant),
     ``beta`` = ``β``; ``agg`` / ``normaliser`` / ``constant_normaliser`` as in ``reduce.aggregate``.
-    Departures: ``estimator`` may select k1/k2 instead of GRPO's k3. Note the gradient of the k3
-    estimate is not an unbiased gradient of KL when the samples come from an older policy.
+    Departures: ``estimator`` may select k1/k2 instead of GRPO's k3. As in GRPO, the loss is
+    differentiated through the per-token estimate, so its expected gradient is not ``∇ D_KL[π_θ ‖ π_ref]``
+    (Tang & Munos 2025, "On a few pitfalls in KL divergence gradient estimation for RL"): even for tokens
+    sampled from ``π_θ`` itself, ``E[∇k3] = ∇ KL(π_ref ‖ π_θ)`` (the reverse direction),
+    ``E[∇k2] = ∇ KL(π_θ ‖ π_ref)`` and ``E[∇k1] = 0`` (k1 as a loss only adds noise). With samples from
+    an older policy nothing is importance-corrected, and the gradient is per token (it ignores the effect
+    of ``o_t`` on later tokens' KL).
     Metrics (local): ``kl`` (masked token mean of the estimate), ``kl_loss``.
     """
     kl = _estimator(estimator)(logprobs, ref_logprobs.detach())          # [B, T]
