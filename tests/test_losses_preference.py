@@ -131,7 +131,8 @@ def test_dpo_hand_worked():
 
 
 def test_dpo_beta_to_zero_limit():
-    """L(β) = log 2 − βh/2 + β²h²/8 + O(β⁴); with β = 1e-4, h = 3: (L − log 2)/β = −1.5 + 3.75e-5·… ;
+    """L(β) = log 2 − βh/2 + β²h²/8 + O(β⁴); with β = 1e-4, h = 3:
+    (L − log 2)/β = −1.5 + βh²/8 = −1.5 + 1.125e-4;
     the gradient / β tends to ∓½."""
     beta = 1e-4
     c, r = t(-1.0, grad=True), t(-5.0)
