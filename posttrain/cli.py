@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         fn(cfg)
         return 0
     except UserError as e:
+        if "posttrain.engine.run" in sys.modules:  # a stage ran: remove run directories it left unstarted
+            sys.modules["posttrain.engine.run"].discard_unstarted_runs()
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ the key) and frozen: nothing mutates it at run time.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -22,9 +23,11 @@ from posttrain.errors import ConfigError
 
 
 class Section(BaseModel):
-    """Base for every config block: unknown keys are errors, values are frozen after validation."""
+    """Base for every config block: unknown keys are errors, NaN / inf are rejected as not finite (before any
+    range check, so ``lr=nan`` is not reported as "should be less than or equal to 1"), values are frozen
+    after validation."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False,
                               protected_namespaces=())
 
 
@@ -524,13 +527,24 @@ def format_validation_error(err: ValidationError, cls: type[BaseModel], source: 
     if e["type"] == "missing":
         return f"{source}: key '{key}' is required"
     got = e.get("input")
-    got_s = repr(got) if not isinstance(got, dict) else "a mapping"
     msg = e["msg"]
+    if (e["type"] in ("finite_number", "int_parsing", "float_parsing") and isinstance(got, str)
+            and isinstance(_as_float(got), float) and not math.isfinite(_as_float(got))):
+        # an override "nan" / "inf" reads as the number it is, like the YAML file's .nan / .inf
+        got, msg = _as_float(got), "Input should be a finite number"
+    got_s = repr(got) if not isinstance(got, dict) else "a mapping"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if key == "(root)" or (e["type"] == "value_error" and isinstance(got, dict)):
         return f"{source}: {msg}"
     return f"{source}: key '{key}': {msg[0].lower() + msg[1:]} (got {got_s})"
+
+
+def _as_float(s: str) -> float | str:
+    try:
+        return float(s)
+    except ValueError:
+        return s
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ def test_frozen_after_validation():
     (["data.max_len=64", "data.max_prompt_len=64"],
      "config: data.max_prompt_len must be smaller than data.max_len"),
     (["novalue"], "override 'novalue' is not of the form key=value"),
+    (["lr=nan"], "config: key 'lr': input should be a finite number (got nan)"),  # not "less than or equal to 1"
+    (["max_grad_norm=inf"], "config: key 'max_grad_norm': input should be a finite number (got inf)"),
 ])
 def test_bad_config_one_line(override, message):
     with pytest.raises(ConfigError) as e:

@@ -218,10 +218,15 @@ CASES = [
     ("json empty list", "x.json", ["[]"], None, "x.json: file is empty"),
     ("json row index", "x.json", [json.dumps([{"text": "a"}, {"text": ""}])], None,
      "x.json:2: column 'text' is empty"),
-    ("csv fields", "x.csv", ["prompt,completion", "a,b", "c,d,e"], None, "x.csv:2: row has 3 fields, header has 2"),
+    ("csv fields", "x.csv", ["prompt,completion", "a,b", "c,d,e"], None, "x.csv:3: row has 3 fields, header has 2"),
+    ("csv line numbers", "x.csv", ["prompt,completion", '"a","multi', 'line"', "b,"], None,
+     "x.csv:4: column 'completion' is empty"),  # file line 4 (header line 1, a quoted cell over 2 and 3)
+    ("ranking identical completions", "x.jsonl",
+     [json.dumps({"prompt": "q", "completions": ["x", "y", "x"], "ranking": [0, 1, 2]})], None,
+     "x.jsonl:1: column 'completions' items 0 and 2 are identical"),
     ("csv header only", "x.csv", ["prompt,completion"], None, "x.csv: file is empty"),
     ("csv label", "x.csv", ["prompt,completion,label", "a,b,yes"], None,
-     "x.csv:1: column 'label' must be true or false"),
+     "x.csv:2: column 'label' must be true or false"),
     ("unknown extension", "x.txt", ["hello"], None,
      "x.txt: unknown file type '.txt' (expected .jsonl, .json, .parquet, .csv, a datasets folder or a hub id)"),
 ]

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from posttrain.config import SFTConfig, load_config
-from posttrain.engine.run import Run, RunDirError, config_difference
+from posttrain.engine.run import Run, RunDirError, config_difference, discard_unstarted_runs
 
 
 def cfg(tmp_path, **kw):
@@ -112,3 +112,42 @@ def test_truncate_drops_a_line_cut_by_a_kill(tmp_path):
     from posttrain.io import read_jsonl
 
     assert read_jsonl(run.path / "metrics.jsonl") == [{"step": 1, "loss": 1.0}]
+
+
+def test_discard_unstarted_runs_removes_only_what_this_process_created_and_left_unstarted(tmp_path):
+    """A UserError before the first step: the CLI calls discard_unstarted_runs. Removed: a run folder (and
+    the parents) Run.open created that holds only its config.yaml. Kept: anything that wrote a metric, a
+    checkpoint or a sample, a finished run, a folder that existed before (an empty one is emptied again),
+    and a run continued or restarted in a folder that already held one."""
+    discard_unstarted_runs()  # nothing left over from other tests
+    new = Run.open(SFTConfig(output_dir=str(tmp_path / "a" / "b" / "new")), "sft")
+    stepped = Run.open(SFTConfig(output_dir=str(tmp_path / "stepped")), "sft")
+    stepped.metrics.write({"step": 1, "loss": 2.0})
+    ckpt = Run.open(SFTConfig(output_dir=str(tmp_path / "ckpt")), "sft")
+    (ckpt.checkpoint_dir(1)).mkdir(parents=True)
+    (ckpt.checkpoint_dir(1) / "state.pt").write_bytes(b"x")
+    done = Run.open(SFTConfig(output_dir=str(tmp_path / "done")), "sft")
+    done.mark_done()
+    (tmp_path / "empty").mkdir()
+    Run.open(SFTConfig(output_dir=str(tmp_path / "empty")), "sft")
+    (tmp_path / "a" / "other").mkdir()  # a sibling appeared under a created parent: that parent stays
+    again = SFTConfig(output_dir=str(tmp_path / "again"))
+    Run.open(again, "sft")
+    Run.open(again, "sft")  # this process continues it: no longer a folder this open created
+    restarted = SFTConfig(output_dir=str(tmp_path / "restarted"), resume=False)
+    Run.open(restarted, "sft").metrics.write({"step": 1})
+    Run.open(restarted, "sft")  # unfinished, resume=false: cleared and started over, in the same folder
+
+    removed = discard_unstarted_runs()
+    assert removed == [tmp_path / "empty", tmp_path / "a" / "b" / "new"]
+    assert not (tmp_path / "a" / "b").exists() and (tmp_path / "a" / "other").is_dir()
+    assert (tmp_path / "empty").is_dir() and list((tmp_path / "empty").iterdir()) == []
+    for name in ("stepped", "ckpt", "done", "again", "restarted"):
+        assert (tmp_path / name / "config.yaml").is_file(), name
+    assert discard_unstarted_runs() == []  # the list is consumed
+
+
+def test_discard_unstarted_runs_keeps_a_config_it_did_not_write(tmp_path):
+    run = Run.open(cfg(tmp_path), "sft")
+    (run.path / "config.yaml").write_text("# posttrain sft\nedited: true\n")
+    assert discard_unstarted_runs() == [] and (run.path / "config.yaml").is_file()

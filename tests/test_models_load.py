@@ -203,6 +203,23 @@ def test_corrupt_config_and_missing_tokenizer(tmp_path, monkeypatch):
     assert _one_line_model_error("notok").startswith("tokenizer 'notok': no loadable tokenizer files in")
 
 
+def test_cut_off_weights_file_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model, tok = build_preset("tiny")
+    save_model(model, tok, tmp_path / "m")
+    w = tmp_path / "m" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])  # a download or copy cut off
+    msg = _one_line_model_error("m")
+    assert msg.startswith("model 'm': cannot load weights (model.safetensors: "), msg
+    save_model(model, tok, tmp_path / "b")  # the older pytorch_model.bin form instead of safetensors
+    (tmp_path / "b" / "model.safetensors").unlink()
+    b = tmp_path / "b" / "pytorch_model.bin"
+    torch.save(model.state_dict(), b)
+    b.write_bytes(b.read_bytes()[:1000])
+    assert _one_line_model_error("b") == ("model 'b': cannot load weights (pytorch_model.bin: not a readable "
+                                          "PyTorch checkpoint; cut off or corrupt?)")
+
+
 def test_tokenizer_larger_than_embedding_is_rejected(tmp_path):
     small_tok = train_tokenizer(["hi there"] * 3, 300)
     model, _ = build_preset("tiny", tokenizer=small_tok)

@@ -212,3 +212,102 @@ def test_r1_rule_reward_hand_numbers():
              "<think>3 + 4 = 7</think> Tom has 8 apples.", "<think>x</think> Boil the water."]
     assert r1_rule_reward([""] * 4, comps, answer=["7", "7", "7", None]) == [1.5, 1.0, 0.5, 0.0]
     assert r1_rule_reward([""], ["7"]) == [0.0]
+
+
+# ------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("stages,message", [
+    (5, "key 'stages': must be a list of stages"),
+    ([], "key 'stages': the list of stages is empty"),
+    ([5], "key 'stages.0': a stage must be a mapping with keys name, command and config (got int 5)"),
+    ([{"name": "a"}], "key 'stages.0.command' is required"),
+    ([{"name": "a", "command": "fake", "config": 5}],
+     "key 'stages.0.config': must be a mapping of the command's keys (got int 5)"),
+    ([{"name": 3, "command": "fake"}], "key 'stages.0.name': must be text (got 3)"),
+])
+def test_cli_recipe_of_the_wrong_shape_is_one_line(tmp_path, fake_command, capsys, stages, message):
+    path = _recipe_file(tmp_path, stages)
+    assert cli_main(["recipe", str(path), "--show"]) == 2
+    cap = capsys.readouterr()
+    assert cap.err == f"error: {path}: {message}\n" and "Traceback" not in cap.out + cap.err
+
+
+@pytest.mark.parametrize("override,key", [("sfft.max_steps=1", "sfft.max_steps"), ("sed=1", "sed")])
+def test_cli_recipe_override_of_an_unknown_stage_blames_the_override(override, key, capsys):
+    assert cli_main(["recipe", "instructgpt", "--show", override]) == 2
+    top = key.split(".")[0]
+    assert capsys.readouterr().err == (f"error: recipe override '{key}': unknown stage or key '{top}' "
+                                       f"(stages: sft, reward_model, ppo)\n")
+    assert cli_main(["recipe", "instructgpt", "--show", "eval.per_family=abc"]) == 2
+    assert capsys.readouterr().err.startswith("error: recipe override: key 'eval.per_family': ")
+
+
+@pytest.fixture
+def no_world_build(monkeypatch):
+    """A recipe under test must never build the toy world (minutes)."""
+    import posttrain.world.build as build
+
+    def refuse(*a, **k):
+        raise AssertionError("the toy world was being built")
+
+    monkeypatch.setattr(build, "build_world", refuse)
+
+
+@pytest.mark.parametrize("stage,key,content,message", [
+    ("sft", "data.train", '{"prompt": "a", "completion": "b"}\n{oops\n', "{f}:2: not valid JSON"),
+    ("reward_model", "data.train", "", "{f}: file is empty"),
+])
+def test_builtin_recipe_with_a_bad_data_file_fails_before_writing_or_building(tmp_path, capsys, no_world_build,
+                                                                                stage, key, content, message):
+    """instructgpt from a folder with no toy world: the bad file given for one stage is found before the world
+    would be built, before recipe.json or OUTPUT_DIR is written, naming the recipe and the stage."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    out, world = tmp_path / "out", tmp_path / "world"
+    rc = cli_main(["recipe", "instructgpt", f"output_dir={out}", f"world={world}", f"{stage}.{key}={bad}",
+                   "sft.max_steps=1"])
+    assert rc == 2
+    cap = capsys.readouterr()
+    assert cap.err.startswith(f"error: recipe 'instructgpt', stage '{stage}': " + message.format(f=bad))
+    assert cap.err.count("\n") == 1 and "Traceback" not in cap.out + cap.err
+    assert not out.exists() and not world.exists()
+
+
+def test_recipe_stage_data_and_model_checked_before_the_first_stage_runs(tmp_path, fake_command, capsys):
+    """A fake first stage, then real stages whose files are bad: nothing runs, nothing is written. Paths
+    inside an earlier stage's run directory are not checked (they do not exist yet)."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "out"
+    stages = [{"name": "a", "command": "fake", "config": {"steps": 1}},
+              {"name": "rm", "command": "reward-model", "config": {"model": "${a}", "data": {"train": str(empty)}}}]
+    assert cli_main(["recipe", str(_recipe_file(tmp_path, stages)), f"output_dir={out}"]) == 2
+    assert capsys.readouterr().err == f"error: recipe 'toy', stage 'rm': {empty}: file is empty\n"
+    assert CALLS == [] and not out.exists()
+    stages[1] = {"name": "sft", "command": "sft", "config": {"model": str(tmp_path / "no_model"),
+                                                             "data": {"train": "${a}/data.jsonl"}}}
+    assert cli_main(["recipe", str(_recipe_file(tmp_path, stages)), f"output_dir={out}"]) == 2
+    assert capsys.readouterr().err == (f"error: recipe 'toy', stage 'sft': model '{tmp_path / 'no_model'}': "
+                                       f"no such directory\n")
+    assert CALLS == [] and not out.exists()
+
+
+def test_recipe_stage_failing_at_run_time_leaves_no_unstarted_run_dir(tmp_path, fake_command, capsys):
+    """A user error only the stage itself can find (its reward function returns NaN at the first step): the
+    earlier stage's run stays, the failed stage's folder (config.yaml only) goes, recipe.json says which
+    stage failed."""
+    data = tmp_path / "rl.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is 2+{i}?"}) + "\n" for i in range(4)))
+    fn = tmp_path / "nanrew.py"
+    fn.write_text("def nan(prompts, completions, **kw):\n    return [float('nan')] * len(completions)\n")
+    spec = f"callable:{fn}:nan"
+    stages = [{"name": "a", "command": "fake", "config": {"steps": 1}},
+              {"name": "r", "command": "rl", "config": {
+                  "model": "preset:tiny", "data": {"train": str(data)}, "reward": spec, "max_steps": 1,
+                  "progress": False, "num_threads": 1, "prompts_per_step": 2, "group_size": 2, "batch_size": 4,
+                  "generation": {"max_new_tokens": 4}, "sample_every": 0}}]
+    out = tmp_path / "out"
+    assert cli_main(["recipe", str(_recipe_file(tmp_path, stages)), f"output_dir={out}"]) == 2
+    assert capsys.readouterr().err == f"error: reward '{spec}': value nan for completion 0 is not finite\n"
+    assert (out / "a" / "DONE").is_file() and not (out / "r").exists()
+    state = json.loads((out / "recipe.json").read_text())
+    assert [s["status"] for s in state["stages"]] == ["done", "failed"]

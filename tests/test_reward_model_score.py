@@ -138,3 +138,8 @@ def test_bad_input_exits_2_one_line_nothing_written(rm_dir, tmp_path, capsys, mo
         assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
         assert not out.exists()
         assert not any(p.name.startswith(".out.jsonl") for p in tmp_path.iterdir())  # no temp file left
+    before = (tmp_path / "good.jsonl").read_bytes()  # output = the input (by another spelling): refused
+    assert main(["score", f"model={path}", f"data.train={good}", f"output={tmp_path}/./good.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is the input data.train" in err, err
+    assert (tmp_path / "good.jsonl").read_bytes() == before

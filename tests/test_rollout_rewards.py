@@ -13,7 +13,7 @@ from posttrain.errors import ConfigError, DataError, ModelError, UserError
 from posttrain.models.presets import default_tokenizer
 from posttrain.rollout.rewards import (CallableReward, CombinedReward, GoldReward, OverlongPenalty,
                                        RewardModelReward, RewardSource, VerifierReward, build_reward,
-                                       load_callable)
+                                       check_columns, load_callable, required_columns)
 from posttrain.verifiers.math import math_reward
 
 
@@ -173,6 +173,22 @@ def test_verifier_reward_reads_the_answer_column():
     assert err.value.field == "answer"
     fmt = build_reward("verifier:format")
     assert fmt(["p", "p"], ["<think>a</think> 4", "4"]) == [1.0, 0.0]
+
+
+def test_columns_a_reward_needs_are_checked_against_the_rows_naming_the_file():
+    """verifier:math reads 'answer'; a file where no row has it fails when loaded, naming the file (the
+    runtime message above names none); a mixed file (answer on some rows) passes, like verifier:format."""
+    math = build_reward("verifier:math")
+    both = build_reward("gold*0.5+verifier:math")
+    assert required_columns(math) == {"answer": "verifier:math"}
+    assert required_columns(both) == {"answer": "verifier:math"}
+    assert required_columns(build_reward("verifier:format")) == {} == required_columns(GoldReward())
+    with pytest.raises(DataError) as err:
+        check_columns(both, [{}, {"other": 1}, {"answer": None}], file="data/rl.jsonl")
+    assert _one_line(err) == "data/rl.jsonl: column 'answer' is missing (reward 'verifier:math' needs it)"
+    assert err.value.field == "answer" and err.value.file == "data/rl.jsonl"
+    check_columns(math, [{}, {"answer": "7"}], file="x.jsonl")
+    check_columns(build_reward("verifier:format"), [{}], file="x.jsonl")
 
 
 def test_gold_reward_is_the_world_gold_and_is_imported_lazily():

@@ -13,8 +13,9 @@
   online; with ``HF_HUB_OFFLINE=1`` or ``HF_DATASETS_OFFLINE=1`` it is a one-line DataError).
 
 Every problem is a one-line :class:`~posttrain.errors.DataError` (``FILE: ...`` or ``FILE:ROW: ...``);
-pyarrow / datasets exceptions are wrapped into one line. Row numbers are the line numbers for ``.jsonl``
-and the row index + 1 otherwise. ``answer`` values that are numbers are turned into text (``42`` ->
+pyarrow / datasets exceptions are wrapped into one line. Row numbers are the file line numbers for ``.jsonl``
+and ``.csv`` (the header is line 1; a csv row is numbered by the line it starts on) and the row index + 1
+otherwise. ``answer`` values that are numbers are turned into text (``42`` ->
 ``"42"``) after validation; nothing else is changed.
 """
 
@@ -56,7 +57,7 @@ class Rows:
         return self.rows[i]
 
     def row_number(self, i: int) -> int:
-        """The number shown in messages for ``rows[i]`` (jsonl line number, else ``i + 1``)."""
+        """The number shown in messages for ``rows[i]`` (jsonl / csv line number, else ``i + 1``)."""
         return self.row_numbers[i] if self.row_numbers else i + 1
 
 
@@ -125,7 +126,7 @@ def _read_file(path: Path, source: str) -> tuple[list, list[int] | None]:
     if ext == ".parquet":
         return _read_parquet(path, source), None
     if ext == ".csv":
-        return _read_csv(path, source), None
+        return _read_csv(path, source)
     shown = ext or "no extension"
     raise DataError(f"unknown file type '{shown}' (expected .jsonl, .json, .parquet, .csv, "
                     "a datasets folder or a hub id)", file=source)
@@ -192,28 +193,34 @@ _LIST_COLUMNS = ("messages", "completions", "ranking")
 _MAYBE_MESSAGES = ("prompt", "completion", "chosen", "rejected")
 
 
-def _read_csv(path: Path, source: str) -> list:
+def _read_csv(path: Path, source: str) -> tuple[list, list[int]]:
+    """Rows and, for each, the file line it starts on (the header is line 1; a quoted cell may span
+    several lines, so this is not the record index + 1)."""
     rows: list[dict] = []
+    numbers: list[int] = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
                 raise DataError("file is empty", file=source)
-            for i, cells in enumerate(reader, start=1):
+            start = reader.line_num + 1  # the line the next record starts on
+            for cells in reader:
+                lineno, start = start, reader.line_num + 1
                 if not cells:
                     continue
                 if len(cells) != len(header):
                     raise DataError(f"row has {len(cells)} fields, header has {len(header)}",
-                                    file=source, row=len(rows) + 1)
+                                    file=source, row=lineno)
                 rows.append(_coerce_csv(dict(zip(header, cells))))
+                numbers.append(lineno)
     except UnicodeDecodeError:
         raise DataError("not valid UTF-8", file=source) from None
     except csv.Error as e:
         raise DataError(f"cannot read csv file ({_one_line(e)})", file=source) from None
     if not rows:
         raise DataError("file is empty", file=source)
-    return rows
+    return rows, numbers
 
 
 def _coerce_csv(row: dict[str, Any]) -> dict[str, Any]:

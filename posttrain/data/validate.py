@@ -26,7 +26,8 @@ like the indices in ``ranking``. The checks, in the order they run for a row:
 17. ``completions`` and ``ranking`` lengths      ``columns 'completions' (3) and 'ranking' (2) have different lengths``
 18. ``ranking`` holds integers                   ``column 'ranking' must be a list of integers``
 19. ``ranking`` is a permutation                 ``column 'ranking' is not a permutation of 0..3``
-20. ``answer`` is text or a number, not empty    ``column 'answer' must be text or a number, got list``
+20. ``completions`` are distinct                 ``column 'completions' items 0 and 1 are identical``
+21. ``answer`` is text or a number, not empty    ``column 'answer' must be text or a number, got list``
 
 File-level checks (empty file, bad JSON, unreadable parquet, no rows of the expected kind, ...) live in
 :mod:`posttrain.data.load`; :func:`check_kind` reports the "no rows of the expected kind" case.
@@ -246,6 +247,12 @@ def _check_ranking(r: dict, w: _Where) -> None:
                       "have different lengths", "ranking")
     if sorted(ranking) != list(range(len(comps))):
         raise w.error(f"column 'ranking' is not a permutation of 0..{len(comps) - 1}", "ranking")
+    seen: dict[str, int] = {}
+    for j, c in enumerate(comps):  # two equal completions cannot be ranked against each other
+        key = c if isinstance(c, str) else repr(c)
+        if key in seen:
+            raise w.error(f"column 'completions' items {seen[key]} and {j} are identical", "completions")
+        seen.setdefault(key, j)
 
 
 def _check_verifiable(r: dict, w: _Where) -> None:

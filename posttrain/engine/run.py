@@ -22,13 +22,22 @@ written before posttrain had that key) when the new value is the key's default.
 Only rank 0 touches the file system; the decision is broadcast so every rank raises the same error.
 Stages open the run only after the model and data have been loaded and validated, so a user error in
 either leaves no half-written directory behind.
+
+Some user errors can only show once the stage runs (a reward function that returns NaN, a LoRA target
+the model lacks). For those, :func:`discard_unstarted_runs` (called once by the CLI's error handler) removes
+every run directory that THIS process created with :meth:`Run.open` (``output_dir`` absent or empty) and
+that still holds nothing but the ``config.yaml`` it wrote: no step, metric, sample or checkpoint. A folder
+that existed before keeps its place (an empty one is emptied again; a resumed or restarted run is never
+touched), and a run that failed after writing anything keeps all of it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +54,71 @@ CHECKPOINT_PREFIX = "step-"
 
 class RunDirError(ConfigError):
     """``output_dir`` holds something a new run may not overwrite."""
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """A run directory this process created (see :func:`discard_unstarted_runs`)."""
+
+    path: Path
+    config_text: str         # what Run.open wrote to config.yaml
+    created: Path | None     # the topmost folder Run.open created (None: ``path`` existed, empty)
+
+
+_OPENED: list[_Opened] = []  # rank 0 only; newest last
+
+
+def _forget(path: Path) -> None:
+    path = Path(os.path.abspath(path))
+    _OPENED[:] = [o for o in _OPENED if o.path != path]
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost ancestor of ``path`` (itself included) that does not exist, or None when it exists."""
+    if path.exists():
+        return None
+    top = path
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top
+
+
+def _unstarted(o: _Opened) -> bool:
+    """``o.path`` holds exactly the config.yaml Run.open wrote, and nothing else."""
+    try:
+        children = [c.name for c in o.path.iterdir()]
+        return children == ["config.yaml"] and (o.path / "config.yaml").read_text(encoding="utf-8") == o.config_text
+    except OSError:
+        return False
+
+
+def discard_unstarted_runs() -> list[Path]:
+    """Remove the run directories this process created that hold only their ``config.yaml`` (the stage
+    stopped on a user error before writing a step, metric, sample or checkpoint); returns them.
+
+    A folder that existed before ``Run.open`` (empty) is emptied but kept; parent folders ``Run.open``
+    created are removed when they are left empty. Runs that wrote anything else, finished runs and runs in
+    folders that already held a run are never touched. Called once by the CLI when a ``UserError`` ends a
+    command (the recipe runner's stages included)."""
+    removed = []
+    while _OPENED:
+        o = _OPENED.pop()
+        if not _unstarted(o):
+            continue
+        (o.path / "config.yaml").unlink()
+        removed.append(o.path)
+        if o.created is None:
+            continue
+        d = o.path
+        while True:
+            try:
+                d.rmdir()  # only ever an empty folder
+            except OSError:
+                break
+            if d == o.created or d.parent == d:
+                break
+            d = d.parent
+    return removed
 
 
 class _NullMetrics:
@@ -131,13 +205,19 @@ class Run:
         decision = distributed.broadcast_object(decision)
         if decision[0] == "error":
             raise RunDirError(decision[1])
+        created = _first_missing(path) if is_main and decision[0] == "new" else None  # before anything exists
         run = cls(path, stage, cfg, is_main=is_main)
         if is_main and decision[0] in ("new", "restart", "continue"):
+            _forget(path)  # reopened: it is no longer a folder this open created
             if decision[0] == "restart":
                 for child in path.iterdir():
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
             path.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path / "config.yaml", f"# posttrain {stage}\n" + dump_config(cfg))
+            text = f"# posttrain {stage}\n" + dump_config(cfg)
+            atomic_write_text(path / "config.yaml", text)
+            if decision[0] == "new":
+                _OPENED.append(_Opened(Path(os.path.abspath(path)), text,
+                                       Path(os.path.abspath(created)) if created is not None else None))
         distributed.barrier()
         return run
 
@@ -204,6 +284,7 @@ class Run:
         """Write ``DONE`` (last thing a stage does)."""
         if self.is_main:
             atomic_write_text(self.path / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+            _forget(self.path)
         distributed.barrier()
 
     def write_summary(self, summary: dict) -> None:

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -228,9 +230,26 @@ def load_pretrained(spec: str, auto_cls, *, device: str | torch.device = "auto",
             raise _hub_error(spec, err) from None
         msg = " ".join(str(err).split())[:200]
         raise ModelError(f"model '{spec}': cannot load weights ({msg})") from None
+    except SafetensorError as err:  # a cut-off or corrupt *.safetensors file
+        msg = " ".join(str(err).split())[:200]
+        raise ModelError(f"model '{spec}': cannot load weights "
+                         f"({_weights_file(where, '.safetensors')}{msg})") from None
+    except (pickle.UnpicklingError, RuntimeError) as err:  # a cut-off or corrupt pytorch_model.bin
+        if isinstance(err, RuntimeError) and not str(err).startswith("PytorchStreamReader"):
+            raise
+        raise ModelError(f"model '{spec}': cannot load weights ({_weights_file(where, '.bin')}"
+                         "not a readable PyTorch checkpoint; cut off or corrupt?)") from None
     model = model.to(dev)
     _check_vocab(spec, model, tok)
     return model, tok
+
+
+def _weights_file(where, suffix: str) -> str:
+    """``"NAME: "`` for the weights file ending in ``suffix`` in folder ``where`` (``""`` if unclear)."""
+    if not isinstance(where, Path) or not where.is_dir():
+        return ""
+    names = sorted(p.name for p in where.iterdir() if p.name.endswith(suffix))
+    return f"{names[0]}: " if len(names) == 1 else ""
 
 
 def _check_vocab(spec: str, model: PreTrainedModel, tok) -> None:

@@ -189,18 +189,63 @@ def _split_overrides(values: dict, stage_names: set[str]) -> tuple[dict, dict[st
     return top, per_stage
 
 
+def _check_shape(raw: dict, source: str) -> None:
+    """One-line ConfigErrors for a ``stages`` block of the wrong shape (before pydantic, whose messages for
+    these would be generic, and before the overrides are merged into it)."""
+    if "stages" not in raw or raw["stages"] is None:
+        return  # pydantic: key 'stages' is required
+    stages = raw["stages"]
+    if not isinstance(stages, list):
+        raise ConfigError(f"{source}: key 'stages': must be a list of stages")
+    if not stages:
+        raise ConfigError(f"{source}: key 'stages': the list of stages is empty")
+    for i, st in enumerate(stages):
+        if not isinstance(st, dict):
+            raise ConfigError(f"{source}: key 'stages.{i}': a stage must be a mapping with keys name, command "
+                              f"and config (got {type(st).__name__} {st!r})")
+        for key in ("name", "command"):
+            if key in st and not isinstance(st[key], str):
+                raise ConfigError(f"{source}: key 'stages.{i}.{key}': must be text (got {st[key]!r})")
+        if st.get("config") is not None and not isinstance(st["config"], dict):
+            raise ConfigError(f"{source}: key 'stages.{i}.config': must be a mapping of the command's keys "
+                              f"(got {type(st['config']).__name__} {st['config']!r})")
+
+
+def _check_override_keys(overrides: list[str], stage_names: list[str]) -> None:
+    """A ``KEY=VALUE`` override whose first part is neither a stage nor a recipe key is named as such (not
+    blamed on the recipe file)."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        top = key.split(".")[0]
+        if top and top not in stage_names and top not in RecipeConfig.model_fields:
+            raise ConfigError(f"recipe override '{key}': unknown stage or key '{top}' "
+                              f"(stages: {', '.join(stage_names)})")
+
+
 def load_recipe(name: str, overrides: list[str] | None = None) -> RecipeConfig:
-    """The validated recipe ``name`` (built-in or a YAML path) with ``key=value`` overrides applied."""
+    """The validated recipe ``name`` (built-in or a YAML path) with ``key=value`` overrides applied.
+
+    A problem of the file is reported naming the file; one that only the overrides bring in is reported as
+    ``recipe override ...``."""
     path = recipe_path(name)
     raw = read_yaml(path)
-    values = parse_overrides(list(overrides or []))
-    names = {s.get("name") for s in raw.get("stages", []) if isinstance(s, dict)}
-    top, per_stage = _split_overrides(values, names)
+    _check_shape(raw, str(path))
+    overrides = list(overrides or [])
+    values = parse_overrides(overrides)
+    stage_names = [s["name"] for s in raw.get("stages") or [] if isinstance(s.get("name"), str)]
+    _check_override_keys(overrides, stage_names)
+    top, per_stage = _split_overrides(values, set(stage_names))
     merged = deep_merge(raw, top)
     if per_stage:
         merged["stages"] = [dict(s, config=deep_merge(s.get("config") or {}, per_stage.get(s.get("name"), {})))
-                            if isinstance(s, dict) else s for s in raw.get("stages", [])]
-    return build_config(RecipeConfig, merged, str(path))
+                            for s in raw.get("stages") or []]
+    if not top:
+        return build_config(RecipeConfig, merged, str(path))
+    try:
+        return build_config(RecipeConfig, merged, str(path))
+    except ConfigError:
+        build_config(RecipeConfig, raw, str(path))  # the file's own problem: raised naming the file
+        return build_config(RecipeConfig, merged, "recipe override")
 
 
 def _import(path: str):
@@ -390,7 +435,11 @@ def run_recipe(recipe: RecipeConfig, *, allow_missing: bool = False, quiet: bool
 
     ``allow_missing``: a stage whose command is not available in this version stops the recipe there with
     a note (``state["missing"]``) instead of an error — what ``posttrain demo`` does while stages are being
-    written."""
+    written.
+
+    Nothing is written (no ``OUTPUT_DIR``, no ``recipe.json``, no toy world) until every stage's config is
+    valid and the data files and model paths that do not come from an earlier stage have been read and
+    checked (:func:`posttrain.recipes.preflight.preflight`)."""
     log = _Log(quiet)
     t_start = time.time()
     resolved = resolve_stages(recipe)
@@ -414,6 +463,10 @@ def run_recipe(recipe: RecipeConfig, *, allow_missing: bool = False, quiet: bool
         st = next(s for s, absent in missing if absent)
         raise UserError(f"recipe '{recipe.name}': stage '{st.name}' needs `posttrain {st.command}`, which is "
                         f"not available in this version yet")
+    # ---- data files and model paths that exist already: checked before anything is written or built
+    from posttrain.recipes.preflight import preflight
+
+    preflight(recipe, [(st, cfg) for st, cfg, _ in runnable], names["world"])
     out.mkdir(parents=True, exist_ok=True)
     if recipe.rerun_from is not None:
         import shutil

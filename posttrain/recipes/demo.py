@@ -96,6 +96,25 @@ def run_demo(cfg: DemoConfig, stage_overrides: list[str] | None = None) -> dict:
     return state
 
 
+def _check_keys(overrides: list[str]) -> None:
+    """An override that is neither a demo key, a recipe key nor a stage of the recipe: one line naming it."""
+    import difflib
+
+    from posttrain.config import read_yaml
+    from posttrain.errors import ConfigError
+    from posttrain.recipes import RecipeConfig, recipe_path
+
+    stages = [s["name"] for s in read_yaml(recipe_path("instructgpt"))["stages"]]
+    known = [*DEMO_KEYS, *RecipeConfig.model_fields, *stages]
+    for item in overrides:
+        top = item.split("=", 1)[0].strip().split(".")[0]
+        if top not in known:
+            hint = difflib.get_close_matches(top, known, n=1)
+            raise ConfigError(f"demo: unknown key '{top}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                              + f"; demo keys: {', '.join(DEMO_KEYS)}; stage keys: STAGE.KEY=VALUE for "
+                              f"{', '.join(stages)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
@@ -105,5 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     demo_values = {k: values.pop(k) for k in list(values) if k in DEMO_KEYS}
     cfg = build_config(DemoConfig, demo_values, "demo")
     rest = [a for a in argv if a.split("=", 1)[0].split(".")[0] not in DEMO_KEYS]
+    _check_keys(rest)
     run_demo(cfg, rest)
     return 0

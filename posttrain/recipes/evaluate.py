@@ -46,7 +46,12 @@ def eval_rows_for(settings, world: str | os.PathLike) -> list[dict]:
         p = Path(settings.prompts)
         if not p.is_file():
             raise ConfigError(f"eval.prompts: no such file '{p}'")
-        rows = read_jsonl(p)
+        try:
+            rows = read_jsonl(p)
+        except (ValueError, UnicodeDecodeError) as e:  # a line that is not JSON (JSONDecodeError), not UTF-8
+            raise ConfigError(f"eval.prompts: '{p}' is not valid JSON lines ({str(e).splitlines()[0]})") from None
+        if not isinstance(rows, list) or any(not isinstance(r, dict) for r in rows):
+            raise ConfigError(f"eval.prompts: '{p}' needs one JSON object per line")
         if not rows or any("prompt" not in r for r in rows):
             raise ConfigError(f"eval.prompts: '{p}' needs a 'prompt' column in every row")
         return rows

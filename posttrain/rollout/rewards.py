@@ -22,7 +22,9 @@ spec (``build_reward``)            source
 =================================  ====================================================================
 
 A spec that cannot be built (unknown kind, a module that does not import, a missing reward model) raises a
-one-line :class:`~posttrain.errors.UserError`.
+one-line :class:`~posttrain.errors.UserError`. A source that reads a dataset column declares it
+(``required_columns``); stages call :func:`check_columns` on the loaded rows, so a file without the column
+fails at once, naming the file, before anything is sampled or written.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ import torch
 from posttrain.errors import ConfigError, DataError, UserError
 
 __all__ = ["RewardSource", "CallableReward", "load_callable", "RewardModelReward", "VerifierReward",
-           "GoldReward", "OverlongPenalty", "CombinedReward", "build_reward", "VERIFIER_SPECS"]
+           "GoldReward", "OverlongPenalty", "CombinedReward", "build_reward", "VERIFIER_SPECS", "required_columns",
+           "check_columns"]
 
 
 @runtime_checkable
@@ -202,6 +205,7 @@ class VerifierReward:
     def __init__(self, verifier_fn: Callable, answer_column: str | None = "answer", name: str | None = None):
         self.fn, self.answer_column = verifier_fn, answer_column
         self.name = name or f"verifier:{getattr(verifier_fn, '__name__', 'fn')}"
+        self.required_columns = (answer_column,) if answer_column is not None else ()
 
     def __call__(self, prompts: list, completions: list[str], **columns: Any) -> list[float]:
         _check_batch(prompts, completions, columns)
@@ -297,6 +301,30 @@ class CombinedReward:
         metrics["reward/total"] = sum(total) / n if n else 0.0
         self.last_metrics, self.last_components = metrics, parts
         return total
+
+
+# --------------------------------------------------------------------------------------------------
+# columns a source needs
+
+
+def required_columns(source: Any) -> dict[str, str]:
+    """``{column: reward name}`` of the dataset columns ``source`` reads (its ``required_columns``; for a
+    :class:`CombinedReward`, those of every component)."""
+    if isinstance(source, CombinedReward):
+        out: dict[str, str] = {}
+        for src, _ in source.components:
+            for col, name in required_columns(src).items():
+                out.setdefault(col, name)
+        return out
+    return {col: getattr(source, "name", "reward") for col in getattr(source, "required_columns", ())}
+
+
+def check_columns(source: Any, rows: Sequence[Mapping[str, Any]], *, file: str) -> None:
+    """One-line :class:`~posttrain.errors.DataError` naming ``file`` when no row of ``rows`` carries a column
+    the reward ``source`` needs — checked when the data is loaded, before anything is sampled or written."""
+    for col, name in required_columns(source).items():
+        if not any(isinstance(r, Mapping) and r.get(col) is not None for r in rows):
+            raise DataError(f"column '{col}' is missing (reward '{name}' needs it)", file=file, field=col)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -713,7 +713,7 @@ def preference_data(cfg: PreferenceDataConfig) -> dict:
     from posttrain.engine import distributed
     from posttrain.io import write_jsonl
     from posttrain.models.tokenizer import stop_token_ids
-    from posttrain.rollout.rewards import build_reward
+    from posttrain.rollout.rewards import build_reward, check_columns
     from posttrain.rollout.sampler import sample_n
 
     t0 = time.perf_counter()
@@ -725,6 +725,7 @@ def preference_data(cfg: PreferenceDataConfig) -> dict:
     model, tok = common.load_model(cfg, ctx)
     reward = build_reward(cfg.reward, tokenizer=tok, device=ctx.device, dtype=cfg.dtype,
                           batch_size=cfg.reward_batch_size, max_len=cfg.data.max_len)
+    check_columns(reward, columns, file=rows.source)
     run_dir = common.open_run(cfg, "preference-data")
     if run_dir.is_done():
         return common.already_done(run_dir, cfg)

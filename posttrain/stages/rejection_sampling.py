@@ -367,7 +367,7 @@ def run(cfg: RejectionSamplingConfig) -> dict:
     """Sample, score, select (``RUN/selected.jsonl``), then SFT on the selection into ``RUN/sft``."""
     from posttrain.engine import distributed
     from posttrain.io import write_jsonl
-    from posttrain.rollout.rewards import build_reward
+    from posttrain.rollout.rewards import build_reward, check_columns
     from posttrain.stages import sft
 
     t0 = time.perf_counter()
@@ -383,6 +383,7 @@ def run(cfg: RejectionSamplingConfig) -> dict:
     model, tok = common.load_model(cfg, ctx)
     reward = build_reward(cfg.reward, tokenizer=tok, device=ctx.device, dtype=cfg.dtype,
                           batch_size=cfg.reward_batch_size, max_len=cfg.data.max_len)
+    check_columns(reward, columns, file=rows.source)
     run_dir = common.open_run(cfg, STAGE)
     if run_dir.is_done():
         return common.already_done(run_dir, cfg)
@@ -477,7 +478,7 @@ def run(cfg: RejectionSamplingConfig) -> dict:
 def best_of_n(cfg: BestOfNConfig) -> dict:
     """Proxy and gold reward of best-of-n vs the analytic KL; writes ``RUN/table.json`` and prints it."""
     from posttrain.io import atomic_write_json, write_jsonl
-    from posttrain.rollout.rewards import build_reward
+    from posttrain.rollout.rewards import build_reward, check_columns
 
     t0 = time.perf_counter()
     ctx = common.setup(cfg)
@@ -493,6 +494,8 @@ def best_of_n(cfg: BestOfNConfig) -> dict:
     kw = dict(tokenizer=tok, device=ctx.device, dtype=cfg.dtype, batch_size=cfg.reward_batch_size,
               max_len=cfg.data.max_len)
     rewards = {"proxy": build_reward(cfg.reward, **kw), "gold": build_reward(cfg.gold, **kw)}
+    for r in rewards.values():
+        check_columns(r, columns, file=rows.source)
     run_dir = common.open_run(cfg, BON_STAGE)
     if run_dir.is_done():
         return common.already_done(run_dir, cfg)

@@ -489,6 +489,9 @@ def score(cfg: ScoreConfig) -> dict:
     out = Path(cfg.output)
     if out.is_dir():
         raise ConfigError(f"config: key 'output': '{cfg.output}' is a directory (give a .jsonl file name)")
+    if out.exists() and Path(cfg.data.train).exists() and out.resolve() == Path(cfg.data.train).resolve():
+        raise ConfigError(f"config: key 'output': '{cfg.output}' is the input data.train (scoring would "
+                          "overwrite the data; give another file name)")
     rows = common.load_data(cfg.data.train, kinds=SCORE_KINDS, max_rows=cfg.data.max_train_rows)
     device = resolve_device(cfg.device)
     rm, tok = load_reward_model(cfg.model, device=device, dtype=cfg.dtype, tokenizer=cfg.tokenizer)

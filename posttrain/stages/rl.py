@@ -454,7 +454,7 @@ def load(cfg: RLConfig, *, reward=None) -> Loaded:
     """Load the policy, prompts, reward source(s), reference and (PPO) value model, with one-line
     UserErrors; nothing is written."""
     from posttrain.models.heads import value_model_from_causal
-    from posttrain.rollout.rewards import build_reward
+    from posttrain.rollout.rewards import build_reward, check_columns
     from posttrain.stages.common import load_model, setup
 
     if cfg.data.train is None:
@@ -467,6 +467,7 @@ def load(cfg: RLConfig, *, reward=None) -> Loaded:
     src = build_reward(reward if reward is not None else cfg.reward, tokenizer=tok, device=ctx.device,
                        dtype=cfg.dtype, batch_size=max(cfg.batch_size, 16))
     src = _as_reward_source(src)
+    check_columns(src, prompts.columns, file=prompts.source)
     if cfg.ref_model:
         ref, ref_tok = load_model(cfg, ctx, cfg.ref_model)
         if len(ref_tok) != len(tok):

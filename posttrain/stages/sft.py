@@ -91,11 +91,12 @@ def run(cfg: SFTConfig) -> dict:
     evald = enc(eval_rows) if eval_rows is not None else None
     prompts = common.eval_prompts(eval_rows if eval_rows is not None else train_rows, cfg.sample_prompts)
 
+    if cfg.lora.enabled:  # one-line ConfigError for a target module the model lacks, before the run exists
+        model = common.apply_lora(model, cfg.lora)
+
     run = common.open_run(cfg, STAGE)
     if run.is_done():
         return common.already_done(run, cfg)
-    if cfg.lora.enabled:
-        model = common.apply_lora(model, cfg.lora)
     trainer = Trainer(cfg, run, model, total_steps=cfg.max_steps)
     batching = dict(packing=cfg.packing, max_len=cfg.data.max_len, pad_id=tok.pad_token_id,
                     mask_dtype=common.mask_dtype(trainer))
