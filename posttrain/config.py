@@ -136,9 +136,9 @@ class RewardModelConfig(StageConfig):
     rankings (InstructGPT); ``batch_size`` counts pairs / rankings (prompts), each scored in one forward."""
 
     output_dir: str = Field("runs/reward_model", description="run directory this stage writes")
-    loss: Literal["auto", "bradley_terry", "margin", "kwise"] = Field(
+    loss: Literal["auto", "bradley_terry", "margin", "kwise", "plackett_luce"] = Field(
         "auto", description="auto: kwise for ranking data, margin when a 'margin' column exists, else "
-                            "bradley_terry")
+                            "bradley_terry; plackett_luce: the likelihood of each whole ranking")
     centering_coef: float = Field(0.0, ge=0.0, description="reward-centring regulariser coefficient η: adds "
                                                           "η·(r_chosen + r_rejected)² per pair (Eisenstein et "
                                                           "al. 2023), pulling rewards towards 0")

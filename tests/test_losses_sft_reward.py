@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from posttrain.losses import bradley_terry_loss, kwise_ranking_loss, sft_loss
+from posttrain.losses import bradley_terry_loss, kwise_ranking_loss, plackett_luce_loss, sft_loss
 
 D = torch.float64
 
@@ -163,6 +163,65 @@ def test_kwise_rejects_bad_ranking():
         kwise_ranking_loss(torch.zeros(1, 3, dtype=D), torch.tensor([[0, 0, 1]]))
     with pytest.raises(ValueError, match="K >= 2"):
         kwise_ranking_loss(torch.zeros(1, 1, dtype=D), torch.tensor([[0]]))
+
+
+def test_plackett_luce_hand_worked():
+    """rewards [3, 1, 2], ranking [0, 2, 1] (0 ≻ 2 ≻ 1). Choice 1: response 0 among {0, 1, 2}:
+    −log(e³ / (e³ + e¹ + e²)) = log(1 + e^−2 + e^−1); choice 2: response 2 among {2, 1}: log(1 + e^−1).
+    ℓ = log(1 + e^−1 + e^−2) + log(1 + e^−1) = 0.407606 + 0.313262 = 0.720868."""
+    r = torch.tensor([[3.0, 1.0, 2.0]], dtype=D)
+    loss, met = plackett_luce_loss(r, torch.tensor([[0, 2, 1]]))
+    close(loss, math.log(1 + math.exp(-1) + math.exp(-2)) + math.log(1 + math.exp(-1)))
+    close(loss, 0.720868, rtol=1e-6, atol=0)
+    close(met["rank_loss"], loss)
+    close(met["accuracy"], 1.0)  # the pairwise metrics are kwise's
+    close(met["margin"], 4 / 3)
+    # the worst ranking: 1 ≻ 2 ≻ 0 → log(1 + e² + e³) − 0 ... = log(e¹+e²+e³) − 1 + log(e²+e³) − 2
+    loss_rev, _ = plackett_luce_loss(r, torch.tensor([[1, 2, 0]]))
+    close(loss_rev, math.log(math.exp(1) + math.exp(2) + math.exp(3)) - 1 + math.log(math.exp(2) + math.exp(3)) - 2)
+
+
+def _pl_loop(rewards, ranking, coef):
+    out = []
+    for r, rk in zip(rewards.tolist(), ranking.tolist()):
+        K = len(r)
+        nll = sum(math.log(sum(math.exp(r[rk[j]]) for j in range(i, K))) - r[rk[i]] for i in range(K - 1))
+        pairs = list(itertools.combinations(range(K), 2))
+        out.append(nll + coef * sum((r[i] + r[j]) ** 2 for i, j in pairs) / len(pairs))
+    return sum(out) / len(out)
+
+
+def test_plackett_luce_matches_loop_k2_is_bradley_terry_and_shift_invariance():
+    gen = torch.Generator().manual_seed(6)
+    r = torch.randn(6, 5, dtype=D, generator=gen) * 3
+    rank = torch.stack([torch.randperm(5, generator=gen) for _ in range(6)])
+    for coef in (0.0, 0.05):
+        close(plackett_luce_loss(r, rank, centering_coef=coef)[0], _pl_loop(r, rank, coef))
+    close(plackett_luce_loss(r + 7.5, rank)[0], plackett_luce_loss(r, rank)[0])  # a prompt's constant cancels
+    r2 = torch.randn(5, 2, dtype=D, generator=gen)
+    rank2 = torch.stack([torch.randperm(2, generator=gen) for _ in range(5)])
+    rc, rr = r2.gather(1, rank2[:, :1]).squeeze(1), r2.gather(1, rank2[:, 1:]).squeeze(1)
+    close(plackett_luce_loss(r2, rank2, centering_coef=0.1)[0], bradley_terry_loss(rc, rr, centering_coef=0.1)[0])
+    # K = 3 and up differ from the all-pairs loss: the choices are not independent pairs
+    assert abs(float(plackett_luce_loss(r, rank)[0]) - float(kwise_ranking_loss(r, rank)[0])) > 0.1
+
+
+def test_plackett_luce_gradient_matches_formula():
+    """d ℓ / d r_σ(m) = −1[m ≤ K−2] + Σ_{i ≤ min(m, K−2)} softmax over {σ(i), …, σ(K−1)} at σ(m)."""
+    r = torch.tensor([[0.3, -1.0, 2.0, 0.5]], dtype=D, requires_grad=True)
+    order = [1, 3, 0, 2]
+    loss, _ = plackett_luce_loss(r, torch.tensor([order]))
+    (g,) = torch.autograd.grad(loss, r)
+    rv = r.detach()[0].tolist()
+    expect = [0.0] * 4
+    for i in range(3):
+        z = sum(math.exp(rv[order[j]]) for j in range(i, 4))
+        expect[order[i]] -= 1.0
+        for j in range(i, 4):
+            expect[order[j]] += math.exp(rv[order[j]]) / z
+    close(g[0], expect)
+    with pytest.raises(ValueError, match="permutation"):
+        plackett_luce_loss(torch.zeros(1, 3, dtype=D), torch.tensor([[0, 0, 1]]))
 
 
 def test_bt_loss_matches_logsigmoid_reference():

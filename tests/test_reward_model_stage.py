@@ -188,6 +188,31 @@ def test_kwise_batch_equals_mean_of_pairwise_bt_losses_per_prompt(tmp_path, shar
     assert abs(float(pair_loss.detach()) - float(loss.detach())) > 1e-4
 
 
+def test_plackett_luce_through_the_stage_batching(tmp_path):
+    """``loss=plackett_luce``: rankings of K = 3 and 4 in one packed batch give the mean over prompts of
+    Σ_i [log Σ_{j≥i} e^{r_σ(j)} − r_σ(i)] with every completion scored alone; the stage trains with it."""
+    rows = ranking_rows(4, seed=5)
+    data = load_rows(write_jsonl(tmp_path / "rank.jsonl", rows), kinds=["ranking"])
+    rm, tok = _tiny_rm64()
+    units = units_of(encode_dataset(tok, data, max_len=64, max_prompt_len=32).examples, "plackett_luce")
+    assert [len(u.seqs) for u in units] == [3, 4, 3, 4]  # a ranking stays one unit
+    batch = RewardBatcher(units, tok.pad_token_id, mask_dtype=torch.float64)(range(4))
+    loss, _ = RewardObjective("plackett_luce")(rm, batch, None)
+    per_prompt = []
+    with torch.no_grad():
+        for r in rows:
+            ids = [encode_prompt(tok, r["prompt"]) + encode_completion(tok, r["completions"][j]) for j in r["ranking"]]
+            rs = [float(score_sequences(rm, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))) for s in ids]
+            per_prompt.append(sum(math.log(sum(math.exp(x) for x in rs[i:])) - rs[i] for i in range(len(rs) - 1)))
+    torch.testing.assert_close(loss.detach(), torch.tensor(sum(per_prompt) / 4, dtype=torch.float64),
+                               rtol=1e-6, atol=0)
+    kw, _ = RewardObjective("kwise")(rm, batch, None)
+    assert abs(float(kw.detach()) - float(loss.detach())) > 1e-2
+    s = run(cfg_for(tmp_path, str(tmp_path / "rank.jsonl"), max_steps=2, loss="plackett_luce",
+                    output_dir=str(tmp_path / "pl")))
+    assert s["loss_type"] == "plackett_luce" and math.isfinite(s["final_loss"])
+
+
 def test_packed_scores_equal_standalone_scores():
     """Prefix sharing is exact: each completion's reward in a packed row [prompt, y_1, ..., y_K] (block mask,
     restarted positions) equals the reward of prompt + y_k scored alone, also with an empty prompt

@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", choices=["comparisons", "prompts", "both"], default="both",
                     help="annotation budget(s) of the K-wise vs pairwise comparison")
     ap.add_argument("--no-control", action="store_true", help="skip the λ = 0 control")
+    ap.add_argument("--plackett-luce", action="store_true",
+                    help="also train the K-wise runs with loss=plackett_luce (reported, not a check)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0, help="seed of the SFT run")
     ap.add_argument("--rm-seeds", default="0", help="comma-separated seeds; every reward model is trained once "
@@ -139,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     plan = [("pairwise", _write_jsonl(data / "pairs.jsonl", pairs[:N_PAIRS]), "bradley_terry", N_PAIRS)]
     if args.budget in ("comparisons", "both"):
         plan.append(("kwise", _write_jsonl(data / f"rankings-{n_rank}.jsonl", rankings[:n_rank]), "kwise", n_rank))
+        if args.plackett_luce:
+            plan.append(("plackett_luce", str(data / f"rankings-{n_rank}.jsonl"), "plackett_luce", n_rank))
     if args.budget in ("prompts", "both"):
         n = len(rankings)
         plan.append((f"kwise_{n}_prompts", _write_jsonl(data / f"rankings-{n}.jsonl", rankings), "kwise", n))
+        if args.plackett_luce:
+            plan.append((f"plackett_luce_{n}_prompts", str(data / f"rankings-{n}.jsonl"), "plackett_luce", n))
         plan.append((f"pairwise_{n}_prompts", _write_jsonl(data / f"pairs-{n}.jsonl", pairs[:n]), "bradley_terry", n))
     if not args.no_control:
         plan.append(("control_no_length_bias",

@@ -55,7 +55,7 @@ from posttrain.losses.reduce import (
     masked_whiten,
     num_units,
 )
-from posttrain.losses.reward import bradley_terry_loss, kwise_ranking_loss
+from posttrain.losses.reward import bradley_terry_loss, kwise_ranking_loss, plackett_luce_loss
 from posttrain.losses.sft import sft_loss
 from posttrain.losses.value import clipped_value_loss
 
@@ -63,7 +63,7 @@ __all__ = [
     "AGG_MODES", "aggregate", "batch_mean", "masked_mean", "masked_sum", "masked_var", "masked_whiten",
     "num_units",
     "sft_loss",
-    "bradley_terry_loss", "kwise_ranking_loss",
+    "bradley_terry_loss", "kwise_ranking_loss", "plackett_luce_loss",
     "PREFERENCE_LOSSES", "LossSpec", "chosen_nll_term",
     "dpo_loss", "cdpo_loss", "robust_dpo_loss", "ipo_loss", "hinge_loss",
     "slic_loss", "simpo_loss", "orpo_loss", "apo_zero_loss", "apo_down_loss", "kto_loss",

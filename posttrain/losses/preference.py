@@ -342,7 +342,7 @@ def kto_reference_point(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tenso
 
     ``policy_kl_logps`` / ``ref_kl_logps`` ``[B']``: sequence log-probs of the mismatched completions.
     For data parallelism, gather them (or their sum and count) across ranks before calling, so that
-    every rank uses the same ``z_0``.
+    every rank uses the same ``z_0`` (``posttrain.stages.dpo.kto_reference_point_across_ranks`` does).
     """
     with torch.no_grad():
         diff = (policy_kl_logps.detach() - ref_kl_logps.detach().to(policy_kl_logps.dtype))  # [B']

@@ -1,4 +1,5 @@
-"""Reward-model losses: pairwise Bradley–Terry (with margin and centring) and K-wise rankings."""
+"""Reward-model losses: pairwise Bradley–Terry (with margin and centring) and K-wise rankings (InstructGPT's
+all-pairs loss and the Plackett–Luce likelihood)."""
 
 from __future__ import annotations
 
@@ -114,4 +115,47 @@ def kwise_ranking_loss(rewards: torch.Tensor, ranking: torch.Tensor, *, centerin
             "rewards/mean": rewards.detach().mean(),
             "rank_loss": nll.detach().mean(),
         }
+    return loss, metrics
+
+
+def plackett_luce_loss(rewards: torch.Tensor, ranking: torch.Tensor, *, centering_coef: float = 0.0,
+                       normaliser: float | torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Plackett–Luce ranking loss: the negative log-likelihood of a whole ranking (Plackett 1975, Luce 1959;
+    the K-wise MLE of Zhu, Jordan & Jiao 2023, "Principled Reinforcement Learning with Human Feedback from
+    Pairwise or K-wise Comparisons", §4).
+
+    With the responses in ranked order ``σ(0) ≻ σ(1) ≻ … ≻ σ(K−1)`` (best first), the ranking is built by
+    picking the best of the remaining responses with softmax probability, K − 1 times:
+
+    ``ℓ_b = −Σ_{i=0}^{K−2} log( exp r_θ(x, y_σ(i)) / Σ_{j=i}^{K−1} exp r_θ(x, y_σ(j)) )
+            + η · 1/C(K,2) · Σ_{i<j} (r_θ(x, y_i) + r_θ(x, y_j))²``
+    ``L = (1/B) Σ_b ℓ_b``
+
+    Unlike :func:`kwise_ranking_loss` (which treats the ``C(K,2)`` pairs as independent comparisons), the
+    choices here are of one response against ALL the lower-ranked ones at once; K = 2 is Bradley–Terry
+    (``−log σ(r_σ(0) − r_σ(1))``). Adding a constant to a prompt's K rewards leaves the loss unchanged.
+
+    Symbols: ``rewards`` ``[B, K]`` = ``r_θ(x, y_k)``; ``ranking`` ``[B, K]`` (long), indices best first;
+    ``centering_coef`` = ``η``; ``normaliser`` replaces ``B`` by the global number of prompts.
+
+    Departures: the centring term (Eisenstein et al. 2023) is not in either paper; it is the one of
+    :func:`kwise_ranking_loss`. The likelihood is a sum over the K − 1 choices (not divided by K − 1), so a
+    ranking of more responses weighs more, as in the MLE. Ties are not supported.
+    Metrics (local): those of :func:`kwise_ranking_loss` (pairwise ``accuracy``, ``margin``, ``rewards/*``),
+    with ``rank_loss`` the Plackett–Luce NLL.
+    """
+    _, metrics = kwise_ranking_loss(rewards.detach(), ranking)  # shape checks and the pairwise metrics
+    ranking = ranking.to(device=rewards.device, dtype=torch.long)
+    B, K = rewards.shape
+    ordered = rewards.gather(1, ranking)                                 # [B, K]  best first
+    tail_lse = torch.logcumsumexp(ordered.flip(-1), dim=-1).flip(-1)     # [B, K]  log Σ_{j≥i} exp r_σ(j)
+    nll = (tail_lse - ordered)[:, :-1].sum(dim=-1)                       # [B]  (the i = K−1 term is 0)
+    per_prompt = nll
+    if centering_coef:
+        upper = torch.triu(torch.ones(K, K, dtype=rewards.dtype, device=rewards.device), diagonal=1)  # [K, K]
+        centring = (((rewards.unsqueeze(2) + rewards.unsqueeze(1)) ** 2) * upper).sum(dim=(1, 2)) / math.comb(K, 2)
+        per_prompt = nll + centering_coef * centring                     # [B]
+    loss = batch_mean(per_prompt, normaliser=normaliser)
+    metrics = {**metrics, "rank_loss": nll.detach().mean()}
     return loss, metrics

@@ -332,7 +332,7 @@ class PreferenceObjective:
         ref = ref.to(device=logps.device, dtype=logps.dtype)
         ref_kl = self._reference(batch, slice(B, None)).to(logps.dtype)      # [B]
         labels = batch["labels"].to(logps.device)                            # [B]
-        z0 = kto_reference_point(kl_logps, ref_kl)
+        z0 = kto_reference_point_across_ranks(kl_logps, ref_kl)
         loss, metrics = self.spec.fn(logps, ref, labels, beta=self.beta, reference_point=z0,
                                      normaliser=normaliser, **self.kwargs)
         with torch.no_grad():
@@ -345,6 +345,22 @@ class PreferenceObjective:
             metrics["lengths/chosen"] = (lengths * lab).sum() / n_d
             metrics["lengths/rejected"] = (lengths * (1 - lab)).sum() / n_u
         return loss, metrics
+
+
+def kto_reference_point_across_ranks(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+    """KTO's ``z_0`` over the mismatched rows of every data-parallel rank's micro-batch, so all ranks use
+    the same reference point (the estimate the paper takes over the whole batch). The per-rank sums and
+    counts are all-reduced, then :func:`~posttrain.losses.preference.kto_reference_point` takes the mean;
+    with one process this is that function on the local rows."""
+    from posttrain.engine import distributed
+
+    if not distributed.is_initialized():
+        return kto_reference_point(policy_kl_logps, ref_kl_logps)
+    with torch.no_grad():
+        pol, ref = policy_kl_logps.detach(), ref_kl_logps.detach().to(policy_kl_logps.dtype)
+        totals = torch.stack([pol.sum(), ref.sum(), pol.new_tensor(float(pol.numel()))])
+        distributed.all_reduce_sum(totals)
+        return kto_reference_point(totals[:1] / totals[2], totals[1:2] / totals[2])
 
 
 # ---------------------------------------------------------------------------- reference log-probs

@@ -13,7 +13,9 @@
       comparisons of a prompt in ONE batch element, so each prompt counts once (``loss=kwise``, the default
       for ranking data). ``loss=bradley_terry`` on ranking data instead expands every ranking into its
       ``K(K−1)/2`` pairs, each an independent example (the set-up InstructGPT §3.5 found to overfit).
-      ``loss=kwise`` on pairs is the K = 2 case, identical to Bradley–Terry.
+      ``loss=kwise`` on pairs is the K = 2 case, identical to Bradley–Terry. ``loss=plackett_luce`` scores the
+      same groups with the likelihood of the whole ranking (best of all K, then best of the remaining K − 1,
+      …; :func:`~posttrain.losses.reward.plackett_luce_loss`), also Bradley–Terry at K = 2.
 
     A training unit is one prompt's comparison group: a pair, or a ranking of K. A micro-batch of B units
     is scored in ONE forward over its ``Σ K_b`` completions — by default with prefix sharing
@@ -62,7 +64,7 @@ from posttrain.data.packing import prefix_sharing_mask
 from posttrain.data.tokenize import EncodedPair, EncodedRanking, encode_dataset
 from posttrain.engine import StepSampler, Trainer, eval_shards
 from posttrain.errors import ConfigError, DataError
-from posttrain.losses.reward import bradley_terry_loss, kwise_ranking_loss
+from posttrain.losses.reward import bradley_terry_loss, kwise_ranking_loss, plackett_luce_loss
 from posttrain.models.heads import score_sequences
 from posttrain.stages import common
 
@@ -77,6 +79,9 @@ N_SAMPLES = 8
 
 
 # ------------------------------------------------------------------------------------------- loss choice
+GROUP_LOSSES = {"kwise": kwise_ranking_loss, "plackett_luce": plackett_luce_loss}  # a ranking is one unit
+
+
 def _has_margin(rows) -> bool:
     return any(r.get("margin") is not None for r in getattr(rows, "rows", rows))
 
@@ -112,7 +117,7 @@ def units_of(examples: Sequence[Any], loss: str) -> list[RewardUnit]:
         if isinstance(e, EncodedPair):
             out.append(RewardUnit((e.chosen, e.rejected), e.margin))
         elif isinstance(e, EncodedRanking):
-            if loss == "kwise":
+            if loss in GROUP_LOSSES:
                 out.append(RewardUnit(tuple(e.ranked)))
             else:  # every pair of the ranking as its own example
                 K = len(e.ranked)
@@ -245,20 +250,22 @@ def _scores(model, batch) -> torch.Tensor:
 class RewardObjective:
     """``loss_fn(model, batch, normaliser)``: one forward scoring every row of the batch, then
     :func:`~posttrain.losses.reward.bradley_terry_loss` (pairs) or
-    :func:`~posttrain.losses.reward.kwise_ranking_loss` (groups of K, best first). ``model`` is a reward
-    model or a :class:`SequenceScorer` (possibly DDP-wrapped)."""
+    :func:`~posttrain.losses.reward.kwise_ranking_loss` / :func:`~posttrain.losses.reward.plackett_luce_loss`
+    (groups of K, best first). ``model`` is a reward model or a :class:`SequenceScorer` (possibly
+    DDP-wrapped)."""
 
     def __init__(self, loss: str, centering_coef: float = 0.0):
-        if loss not in ("bradley_terry", "margin", "kwise"):
+        if loss not in ("bradley_terry", "margin", *GROUP_LOSSES):
             raise ValueError(f"unknown reward-model loss {loss!r}")
         self.loss, self.centering_coef = loss, float(centering_coef)
+        self.group_loss = GROUP_LOSSES.get(loss)
 
     def __call__(self, model, batch, normaliser=None):
         rewards = _scores(model, batch)                                       # [R]
         sizes = list(batch["group_sizes"])
         B = len(sizes)
         norm = float(B) if normaliser is None else normaliser
-        if self.loss != "kwise":
+        if self.group_loss is None:
             if any(k != 2 for k in sizes):
                 raise ValueError("pairwise losses need units of exactly 2 completions")
             r = rewards.view(B, 2)                                            # [B, 2]
@@ -271,7 +278,7 @@ class RewardObjective:
             K = sizes[0]
             r = rewards.view(B, K)                                            # [B, K]
             ranking = torch.arange(K, device=r.device).expand(B, K)           # [B, K] rows are best first
-            return kwise_ranking_loss(r, ranking, centering_coef=self.centering_coef, normaliser=norm)
+            return self.group_loss(r, ranking, centering_coef=self.centering_coef, normaliser=norm)
         # rankings of different K: one loss call per K, all with the same (global) normaliser
         starts = [0]
         for k in sizes[:-1]:
@@ -285,7 +292,7 @@ class RewardObjective:
             rows = torch.tensor([starts[b] + j for b in units for j in range(K)], device=rewards.device)
             r = rewards[rows].view(len(units), K)                             # [B_K, K]
             ranking = torch.arange(K, device=r.device).expand(len(units), K)  # [B_K, K]
-            loss_k, m_k = kwise_ranking_loss(r, ranking, centering_coef=self.centering_coef, normaliser=norm)
+            loss_k, m_k = self.group_loss(r, ranking, centering_coef=self.centering_coef, normaliser=norm)
             total = total + loss_k
             for name, v in m_k.items():
                 metrics[name] = metrics.get(name, 0.0) + v * (len(units) / B)
