@@ -60,6 +60,13 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, *,
     return loss, {k: v.detach() for k, v in metrics.items()}
 
 
+def _pair_centring(rewards: torch.Tensor) -> torch.Tensor:
+    """``1/C(K,2) · Σ_{i<j} (r_i + r_j)²`` per row of ``rewards`` ``[B, K]`` → ``[B]``."""
+    K = rewards.shape[1]
+    upper = torch.triu(torch.ones(K, K, dtype=rewards.dtype, device=rewards.device), diagonal=1)  # [K, K]
+    return (((rewards.unsqueeze(2) + rewards.unsqueeze(1)) ** 2) * upper).sum(dim=(1, 2)) / math.comb(K, 2)
+
+
 def kwise_ranking_loss(rewards: torch.Tensor, ranking: torch.Tensor, *, centering_coef: float = 0.0,
                        normaliser: float | torch.Tensor | None = None,
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -98,8 +105,7 @@ def kwise_ranking_loss(rewards: torch.Tensor, ranking: torch.Tensor, *, centerin
     n_pairs = math.comb(K, 2)
     betterf = better.to(rewards.dtype)                                   # [B, K, K]
     nll = -(F.logsigmoid(diff) * betterf).sum(dim=(1, 2)) / n_pairs      # [B]
-    upper = torch.triu(torch.ones(K, K, dtype=rewards.dtype, device=rewards.device), diagonal=1)  # [K, K]
-    centring = (((rewards.unsqueeze(2) + rewards.unsqueeze(1)) ** 2) * upper).sum(dim=(1, 2)) / n_pairs  # [B]
+    centring = _pair_centring(rewards)                                   # [B]
     per_prompt = nll + centering_coef * centring if centering_coef else nll  # [B]
     loss = batch_mean(per_prompt, normaliser=normaliser)
     with torch.no_grad():
@@ -147,15 +153,12 @@ def plackett_luce_loss(rewards: torch.Tensor, ranking: torch.Tensor, *, centerin
     """
     _, metrics = kwise_ranking_loss(rewards.detach(), ranking)  # shape checks and the pairwise metrics
     ranking = ranking.to(device=rewards.device, dtype=torch.long)
-    B, K = rewards.shape
     ordered = rewards.gather(1, ranking)                                 # [B, K]  best first
     tail_lse = torch.logcumsumexp(ordered.flip(-1), dim=-1).flip(-1)     # [B, K]  log Σ_{j≥i} exp r_σ(j)
     nll = (tail_lse - ordered)[:, :-1].sum(dim=-1)                       # [B]  (the i = K−1 term is 0)
     per_prompt = nll
     if centering_coef:
-        upper = torch.triu(torch.ones(K, K, dtype=rewards.dtype, device=rewards.device), diagonal=1)  # [K, K]
-        centring = (((rewards.unsqueeze(2) + rewards.unsqueeze(1)) ** 2) * upper).sum(dim=(1, 2)) / math.comb(K, 2)
-        per_prompt = nll + centering_coef * centring                     # [B]
+        per_prompt = nll + centering_coef * _pair_centring(rewards)      # [B]
     loss = batch_mean(per_prompt, normaliser=normaliser)
     metrics = {**metrics, "rank_loss": nll.detach().mean()}
     return loss, metrics
