@@ -31,6 +31,11 @@ Acceptance: ``pairwise`` agrees with gold on ≥ 75% of held-out pairs; its rewa
 gold's and above the λ = 0 control's (the planted bias shows); K-wise is at least as accurate as pairwise:
 strictly on the same prompts, within one standard error of the difference (binomial, on the held-out pairs)
 on the same comparisons.
+
+``--plackett-luce`` adds the K-wise runs with ``loss=plackett_luce``. Measured (session 9, ``--sft
+runs/dpo_acceptance/sft --no-control --plackett-luce``, one seed, 291 gold-decided held-out pairs, σ ≈ 0.023):
+gold agreement on the same comparisons kwise 0.777 / Plackett–Luce 0.797 (pairwise 0.808); on the same
+prompts 0.832 / 0.825 (pairwise 0.808) — no difference beyond one σ.
 """
 
 from __future__ import annotations
