@@ -144,6 +144,17 @@ def _tiny_rm64():
     return rm.eval(), tok
 
 
+@torch.no_grad()
+def _standalone_ranked_scores(rm, tok, rows):
+    """Each ranking row's rewards, best first, every completion scored alone (prompt + completion, no padding)."""
+    out = []
+    for r in rows:
+        ids = [encode_prompt(tok, r["prompt"]) + encode_completion(tok, r["completions"][j]) for j in r["ranking"]]
+        out.append([float(score_sequences(rm, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)))
+                    for s in ids])
+    return out
+
+
 @pytest.mark.parametrize("share_prompt", [True, False])
 def test_kwise_batch_equals_mean_of_pairwise_bt_losses_per_prompt(tmp_path, share_prompt):
     """InstructGPT's K-wise loss through the stage's batching: rankings of K = 3 and K = 4 in ONE batch (one
@@ -166,13 +177,10 @@ def test_kwise_batch_equals_mean_of_pairwise_bt_losses_per_prompt(tmp_path, shar
     loss, metrics = RewardObjective("kwise")(rm, batch, None)
 
     per_prompt = []
-    with torch.no_grad():
-        for r in rows:
-            ids = [encode_prompt(tok, r["prompt"]) + encode_completion(tok, r["completions"][j]) for j in r["ranking"]]
-            rs = [float(score_sequences(rm, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))) for s in ids]
-            pairs = [-F.logsigmoid(torch.tensor(rs[i] - rs[j], dtype=torch.float64))
-                     for i in range(len(rs)) for j in range(i + 1, len(rs))]
-            per_prompt.append(sum(pairs) / len(pairs))
+    for rs in _standalone_ranked_scores(rm, tok, rows):
+        pairs = [-F.logsigmoid(torch.tensor(rs[i] - rs[j], dtype=torch.float64))
+                 for i in range(len(rs)) for j in range(i + 1, len(rs))]
+        per_prompt.append(sum(pairs) / len(pairs))
     expected = sum(per_prompt) / len(per_prompt)
     assert loss.dtype == torch.float64
     torch.testing.assert_close(loss.detach(), expected.to(torch.float64), rtol=1e-6, atol=0)
@@ -198,12 +206,8 @@ def test_plackett_luce_through_the_stage_batching(tmp_path):
     assert [len(u.seqs) for u in units] == [3, 4, 3, 4]  # a ranking stays one unit
     batch = RewardBatcher(units, tok.pad_token_id, mask_dtype=torch.float64)(range(4))
     loss, _ = RewardObjective("plackett_luce")(rm, batch, None)
-    per_prompt = []
-    with torch.no_grad():
-        for r in rows:
-            ids = [encode_prompt(tok, r["prompt"]) + encode_completion(tok, r["completions"][j]) for j in r["ranking"]]
-            rs = [float(score_sequences(rm, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long))) for s in ids]
-            per_prompt.append(sum(math.log(sum(math.exp(x) for x in rs[i:])) - rs[i] for i in range(len(rs) - 1)))
+    per_prompt = [sum(math.log(sum(math.exp(x) for x in rs[i:])) - rs[i] for i in range(len(rs) - 1))
+                  for rs in _standalone_ranked_scores(rm, tok, rows)]
     torch.testing.assert_close(loss.detach(), torch.tensor(sum(per_prompt) / 4, dtype=torch.float64),
                                rtol=1e-6, atol=0)
     kw, _ = RewardObjective("kwise")(rm, batch, None)
