@@ -296,6 +296,12 @@ class RLConfig(StageConfig):
                             "divides by generation.max_new_tokens (Dr. GRPO)")
     missing_eos_penalty: float | None = Field(None, description="reward added when a completion hits the "
                                                                 "length limit without EOS")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO's dynamic sampling (Yu et al. 2025): draw oversample × prompts_per_step prompts, "
+                           "keep prompts_per_step groups whose rewards are not all equal (zero advantage, no "
+                           "gradient); groups without signal fill any shortfall")
+    oversample: float = Field(2.0, ge=1.0, le=16.0, description="prompts drawn per kept prompt with "
+                                                                 "dynamic_sampling")
     ref_model: str | None = Field(None, description="reference model (default: the initial policy)")
     recompute_logprobs: bool | None = Field(
         None, description="recompute the sampling policy's log-probs with a forward pass after sampling (null: "
@@ -342,6 +348,8 @@ class RLConfig(StageConfig):
         if self.resolved_kl_mode == "loss" and self.resolved_kl_estimator == "k1":
             raise ValueError("kl_estimator=k1 as a loss term (kl_mode=loss) has zero expected gradient "
                              "(E[∇ log π/π_ref] = 0 under π): use k2 or k3, or kl_mode=reward")
+        if self.dynamic_sampling and self.group_size < 2:
+            raise ValueError("dynamic_sampling keeps groups whose rewards differ: it needs group_size >= 2")
         if self.resolved_policy_loss == "vanilla_pg" and self.updates_per_step > 1:
             raise ValueError(f"policy_loss=vanilla_pg has no importance ratio, so only the first of the "
                              f"{self.updates_per_step} updates per rollout (ppo_epochs × rollout / minibatch_size) "
@@ -352,6 +360,12 @@ class RLConfig(StageConfig):
     def rollout_size(self) -> int:
         """Completions per step (``prompts_per_step × group_size``)."""
         return self.prompts_per_step * self.group_size
+
+    @property
+    def prompts_drawn(self) -> int:
+        """Prompts sampled per step and rank: ``prompts_per_step``, or ``⌈oversample · prompts_per_step⌉``
+        with ``dynamic_sampling``."""
+        return math.ceil(self.oversample * self.prompts_per_step) if self.dynamic_sampling else self.prompts_per_step
 
     @property
     def resolved_minibatch_size(self) -> int:

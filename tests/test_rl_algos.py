@@ -237,3 +237,32 @@ def test_objective_detaches_advantages_and_value_targets():
     for key in ("approx_kl", "clip_frac", "ratio_mean", "ratio_max", "entropy", "explained_variance",
                 "value_loss"):
         assert key in metrics and torch.isfinite(metrics[key])
+
+
+def test_select_groups_keeps_groups_with_signal_in_draw_order():
+    """Groups (G = 2) of scores [0,0 | 1,0 | 1,1 | 0,1]: groups 1 and 3 have signal (their two rewards differ).
+    keep=2 → rows of groups 1, 3 = [2, 3, 6, 7]; keep=3 → one group without signal fills in, the first drawn
+    (group 0), and the rows stay in draw order: [0, 1, 2, 3, 6, 7]."""
+    from posttrain.stages.rl_algos import select_groups
+
+    scores = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    rows, m = select_groups(scores, 2, 2)
+    assert rows.tolist() == [2, 3, 6, 7]
+    assert m == {"groups_with_signal_frac": 0.5, "groups_without_signal_kept": 0.0}
+    rows, m = select_groups(scores, 2, 3)
+    assert rows.tolist() == [0, 1, 2, 3, 6, 7]
+    assert m["groups_without_signal_kept"] == 1.0
+    # a reward-model score that differs in the last float bit is signal; exactly equal scores are not
+    next_up = float(torch.nextafter(torch.tensor(0.5), torch.tensor(1.0)))
+    rows, _ = select_groups(torch.tensor([0.5, 0.5, 0.5, next_up]), 2, 1)
+    assert rows.tolist() == [2, 3]
+    with pytest.raises(ValueError, match="whole groups"):
+        select_groups(scores, 2, 5)
+
+
+def test_config_dynamic_sampling_draws_oversample_prompts():
+    c = cfg(algo="grpo", group_size=4, prompts_per_step=6, dynamic_sampling=True, oversample=1.5)
+    assert c.prompts_drawn == 9 and c.rollout_size == 24
+    assert cfg(algo="grpo", group_size=4, prompts_per_step=6, oversample=3.0).prompts_drawn == 6  # off
+    with pytest.raises(Exception, match="group_size >= 2"):
+        cfg(algo="reinforce", group_size=1, dynamic_sampling=True)

@@ -258,6 +258,37 @@ def test_resume_reproduces_the_uninterrupted_run(prompts_file, tmp_path):
         assert x["reward_mean"] == y["reward_mean"] and x["beta"] == y["beta"] and x["loss"] == y["loss"]
 
 
+def odd_sums_only(prompts, completions, *, answer, **columns):
+    """vowel_count on prompts whose answer is odd; 1.0 for every completion of the others (no signal)."""
+    return [float(sum(ch in "aeiou" for ch in c.lower())) if int(a) % 2 else 1.0
+            for c, a in zip(completions, answer)]
+
+
+def test_dynamic_sampling_trains_on_groups_with_signal(prompts_file, tmp_path):
+    """dynamic_sampling, oversample 4: 8 prompts drawn per step, the 2 kept are groups whose rewards differ —
+    never an even-sum prompt (all its rewards are 1.0) while enough odd-sum groups had signal; the batch size
+    is fixed; the drawn prompts are the step's sampler positions; the logged reward covers the kept rows."""
+    cfg = _cfg(prompts_file, tmp_path / "run", "dynamic_sampling=true", "oversample=4", "beta=0.01")
+    trainer, ld = _loop(cfg, reward=odd_sums_only)
+    drawn = trainer.sampler.rank_indices(0)
+    assert len(drawn) == 8
+    batch = trainer.rollout(0)
+    assert len(batch) == 8 and batch.tensors["input_ids"].shape[0] == 8
+    groups = [batch.prompt_index[i] for i in range(0, 8, 4)]
+    assert set(groups) <= set(drawn) and groups == sorted(groups, key=drawn.index)  # draw order
+    by_group = batch.scores.view(2, 4)
+    signal = (by_group.amax(1) > by_group.amin(1)).tolist()
+    n_drawn_signal = round(batch.metrics["groups_with_signal_frac"] * 8)
+    assert sum(signal) == min(2, n_drawn_signal) and n_drawn_signal >= 1
+    assert all(s or n_drawn_signal < 2 for s in signal)  # a filler only when too few groups had signal
+    even = [i for i in drawn if int(ld.prompts.columns[i]["answer"]) % 2 == 0]
+    assert even and n_drawn_signal >= 2 and not set(even) & set(groups)  # this draw filters something out
+    assert batch.metrics["reward_mean"] == pytest.approx(float(batch.scores.mean()), rel=1e-12)
+    assert "reward_mean_drawn" in batch.metrics
+    upd = trainer.update(batch, 0)
+    assert torch.isfinite(torch.tensor(upd["loss"]))
+
+
 def test_cli_rl_with_a_callable_reward_file(prompts_file, tmp_path):
     from posttrain.cli import main
 

@@ -9,6 +9,8 @@ Objective (Ziegler et al. 2019; Ouyang et al. 2022, eq. 2): ``max_θ E_{x~D, y~�
    row ``i`` belongs to prompt ``i // G``), at ``generation.temperature``;
 3. scores from the reward source(s) (:func:`posttrain.rollout.rewards.build_reward`; per-source means are
    logged) plus ``missing_eos_penalty`` for completions that hit ``max_new_tokens`` without a stop token;
+   with ``dynamic_sampling`` (DAPO), ``oversample × prompts_per_step`` prompts are drawn in step 1 and
+   :func:`~posttrain.stages.rl_algos.select_groups` keeps ``prompts_per_step`` groups whose rewards differ;
 4. without gradient, over the same micro-batches the first update will use: reference log-probs
    ``log π_ref`` (frozen copy of the initial policy, or ``ref_model``), values ``V(x_<t)`` (PPO), and old
    log-probs ``log π_θold`` — a full forward of the sampling policy at temperature ``T`` with the same code
@@ -36,7 +38,9 @@ model's backbone and head when ``reward`` has an ``rm:`` term, else the policy's
 — wrapped in one :class:`PolicyWithValue` module so that both are in the engine's optimizer (and DDP).
 
 Metrics (one record per step in ``metrics.jsonl``; ``step`` = optimizer steps so far, ``rl_step`` = steps):
-``reward_mean``/``reward_std`` (the scores used for training), ``reward/<source>``, ``kl`` (mean per
+``reward_mean``/``reward_std`` (the scores used for training; with ``dynamic_sampling`` also
+``reward_mean_drawn`` over every drawn completion, ``groups_with_signal_frac``, ``groups_without_signal_kept``),
+``reward/<source>`` (every drawn completion), ``kl`` (mean per
 completion of ``Σ_t log π_θold − log π_ref`` over the rollout, i.e. k1 KL to the reference),
 ``response_length``, ``frac_finished``, ``beta``, the update's ``loss``, ``approx_kl``, ``clip_frac``,
 ``ratio_mean``, ``ratio_max``, ``entropy``, ``explained_variance`` (PPO), ``grad_norm``, ``lr``, ``gold_mean``
@@ -67,7 +71,7 @@ from posttrain.losses.kl import AdaptiveKLController, FixedKLController
 from posttrain.losses.reduce import num_units
 from posttrain.stages import common
 from posttrain.stages.rl_algos import (ADVANTAGE_ESTIMATORS, RLObjective, Scored, forward_policy,
-                                       pack_groups, policy_loss_spec)
+                                       pack_groups, policy_loss_spec, select_groups)
 
 __all__ = ["run", "load", "Loaded", "PolicyWithValue", "PromptSet", "load_prompts", "RolloutBatch", "RLTrainer",
            "PROMPT_KINDS"]
@@ -194,7 +198,7 @@ class RLTrainer:
         if self.trainer.step_count % self.K:
             raise ConfigError(f"checkpoint at optimizer step {self.trainer.step_count} is not at an rl step "
                               f"boundary ({self.K} updates per step); set resume=false")
-        self.sampler = StepSampler(len(prompts), cfg.prompts_per_step * self.dist.world_size, cfg.seed,
+        self.sampler = StepSampler(len(prompts), cfg.prompts_drawn * self.dist.world_size, cfg.seed,
                                    self.dist.rank, self.dist.world_size, shuffle=True)
         self.stop_ids = stop_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -234,15 +238,24 @@ class RLTrainer:
             scores = scores + cfg.missing_eos_penalty * (~finished).float()      # [N]
         if self.gold is not None:
             metrics["gold_mean"] = statistics.fmean(self.gold(p, y) for p, y in zip(prompts, texts))
+        t = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "position_ids": ro.position_ids,
+             "completion_mask": ro.completion_mask.float(), "sampler_logprobs": ro.logprobs,
+             "finished": finished, "lengths": ro.completion_lengths.cpu().float()}
+        if cfg.dynamic_sampling:  # keep prompts_per_step groups with reward signal (DAPO)
+            keep, m = select_groups(scores, G, cfg.prompts_per_step)             # [prompts_per_step·G]
+            metrics.update(m, reward_mean_drawn=float(scores.mean()))
+            t = {k: v.index_select(0, keep.to(v.device)) for k, v in t.items()}
+            scores, finished = scores[keep], t["finished"]
+            rows, texts = [rows[i] for i in keep.tolist()], [texts[i] for i in keep.tolist()]
+        sampler_lp, lengths = t.pop("sampler_logprobs"), t.pop("lengths")        # [N, L], [N]
+        del t["finished"]
         t2 = time.perf_counter()
 
-        t = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "position_ids": ro.position_ids,
-             "completion_mask": ro.completion_mask.float()}
         t.update(self._forward_rollout(t))
         mask = t["completion_mask"]                                              # [N, L]
         # log π_θold for the KL terms of the reward: the recomputed forward, or the sampler's own
         # temperature-scaled log-probs (same distribution, agree to ~1e-6) when no forward was needed
-        old_lp = t["old_logprobs"] if "old_logprobs" in t else ro.logprobs.to(mask)    # [N, L]
+        old_lp = t["old_logprobs"] if "old_logprobs" in t else sampler_lp.to(mask)     # [N, L]
         scored = Scored(scores=scores.to(self.device), logprobs=old_lp, ref_logprobs=t["ref_logprobs"],
                         mask=mask, group_size=G, values=t.get("old_values"))
         beta = self.kl_ctl.value
@@ -252,10 +265,9 @@ class RLTrainer:
             t["returns"] = adv.returns
         t3 = time.perf_counter()
         if "old_logprobs" in t:  # sampler vs trainer log-prob mismatch (should be ~1e-6)
-            metrics["sampler_logprob_max_diff"] = float(((ro.logprobs.to(mask) - old_lp).abs() * mask).max())
+            metrics["sampler_logprob_max_diff"] = float(((sampler_lp.to(mask) - old_lp).abs() * mask).max())
 
         kl_seq = ((old_lp - t["ref_logprobs"]) * mask).sum(-1)                  # [N] k1 KL per completion
-        lengths = ro.completion_lengths.cpu().float()                            # [N]
         metrics.update(adv.metrics)
         metrics.update({
             "reward_mean": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,

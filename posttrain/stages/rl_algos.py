@@ -42,7 +42,7 @@ from posttrain.losses.reduce import masked_mean
 from posttrain.losses.value import clipped_value_loss
 
 __all__ = ["Scored", "Advantages", "ADVANTAGE_ESTIMATORS", "policy_loss_spec", "RLObjective",
-           "shift_values", "forward_policy", "pack_groups"]
+           "shift_values", "forward_policy", "pack_groups", "select_groups"]
 
 
 @dataclass
@@ -129,6 +129,27 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable[[Scored, Any, float], Advantages]] = {
     "rloo": rloo_advantages_,
     "reinforce": reinforce_advantages,
 }
+
+
+def select_groups(scores: torch.Tensor, group_size: int, keep: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """DAPO's dynamic sampling (Yu et al. 2025, eq. 11's constraint ``0 < |{o_i : o_i correct}| < G``, here for
+    any reward: the group's scores are not all equal). A group whose ``G`` rewards are equal has zero
+    group-relative advantage and adds no gradient, only tokens to the loss's normaliser; of the groups drawn
+    (``scores`` ``[n·G]``, row ``i`` in group ``i // G``), the first ``keep`` with signal are kept in draw order.
+    Departure from the paper, which samples again until the batch is full: the draw is made once (``oversample``
+    × the prompts), and when fewer than ``keep`` groups have signal the first groups without it fill the rest, so
+    every step has the same size. Returns the kept rows ``[keep·G]`` (whole groups, draw order) and metrics."""
+    G = group_size
+    if scores.numel() % G or scores.numel() < keep * G:
+        raise ValueError(f"{scores.numel()} scores are not at least {keep} whole groups of {G}")
+    by_group = scores.view(-1, G)                                                # [n, G]
+    signal = by_group.amax(dim=1) > by_group.amin(dim=1)                         # [n]
+    order = torch.cat([signal.nonzero().squeeze(1), (~signal).nonzero().squeeze(1)])  # [n] signal first
+    groups = order[:keep].sort().values                                          # [keep] draw order
+    rows = (groups[:, None] * G + torch.arange(G, device=scores.device)).flatten()  # [keep·G]
+    n_signal = int(signal.sum())
+    return rows, {"groups_with_signal_frac": n_signal / signal.numel(),
+                  "groups_without_signal_kept": float(max(keep - n_signal, 0))}
 
 
 # ------------------------------------------------------------------------------------- policy loss
