@@ -195,3 +195,51 @@ def test_gathered_logprobs_from_shared_rows_equal_the_padded_batch():
     torch.testing.assert_close(g_out, g_ref, rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="temperature"):
         gathered_logprobs(table, index, ids, mask, temperature=0.0)
+
+
+def test_first_target_by_hand():
+    from posttrain.models.logprobs import first_target
+
+    assert first_target(torch.tensor([[0, 0, 1, 1], [0, 0, 0, 1]])) == 2  # the earliest column of any row
+    assert first_target(torch.tensor([[1, 1, 0], [0, 1, 1]])) == 1  # column 0 is never a target
+    assert first_target(torch.zeros(2, 5)) == 1
+
+
+class _NoKeep(torch.nn.Module):
+    """A wrapper whose forward has no ``logits_to_keep`` (like a policy+value module): full logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, **_):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+
+@pytest.mark.parametrize("start", [1, 3, 6])
+def test_from_position_computes_the_head_only_where_used(tiny64, start):
+    """from_position = s: positions t ≥ s hold the full forward's log-probs and entropies (float64, 1e-12),
+    positions < s hold 0; the LM head sees only positions ≥ s − 1 (a hook records its input: T − s + 1 of
+    the T = 7 positions); a model without ``logits_to_keep`` gives the same numbers from its full logits."""
+    from posttrain.models.logprobs import takes_logits_to_keep
+
+    model, _ = tiny64
+    ids = torch.tensor([ROWS[0], [40, 41, 42, 43, 44, 45, 46]])
+    mask = torch.ones_like(ids)
+    full = sequence_logprobs(model, ids, mask, temperature=0.7, with_entropy=True)
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    try:
+        part = sequence_logprobs(model, ids, mask, temperature=0.7, with_entropy=True, from_position=start)
+    finally:
+        hook.remove()
+    assert takes_logits_to_keep(model) and not takes_logits_to_keep(_NoKeep(model))
+    assert seen == [7 - start + 1]
+    for k in ("logprobs", "entropy"):
+        torch.testing.assert_close(part[k][:, start:], full[k][:, start:], rtol=0, atol=1e-12)
+        assert (part[k][:, :start] == 0).all()
+        wrapped = sequence_logprobs(_NoKeep(model), ids, mask, temperature=0.7, with_entropy=True,
+                                    from_position=start)[k]
+        torch.testing.assert_close(wrapped, part[k], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="from_position"):
+        sequence_logprobs(model, ids, mask, from_position=7)

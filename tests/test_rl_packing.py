@@ -45,7 +45,7 @@ def _rollout_batch(G: int = 3, groups: int = 2, P: int = 5, C: int = 6, seed: in
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_packed_groups_give_the_padded_logprobs_entropy_and_gradients(kind):
-    """float64: every log-prob and entropy of a real (predicted-from-a-real-token) position agrees to 1e-12,
+    """float64: every log-prob and entropy of a real completion-span position agrees to 1e-12,
     and the gradient of a loss over the completion tokens to float32 rounding — with left-padded prompts of different
     lengths per group and completions of different lengths per row."""
     model = _model(kind)
@@ -70,10 +70,11 @@ def test_packed_groups_give_the_padded_logprobs_entropy_and_gradients(kind):
     real = mb["attention_mask"].bool()
     valid = torch.zeros_like(real)
     valid[:, 1:] = real[:, 1:] & real[:, :-1]
-    assert valid.sum() > 0
+    valid[:, :P] = False  # the padded layout computes no logits before the completions (model_logits)
+    assert valid.sum() > 0 and (lp_a[:, :P] == 0).all()
     torch.testing.assert_close(lp_b[valid], lp_a[valid], rtol=0, atol=1e-12)
     torch.testing.assert_close(ent_b[valid], ent_a[valid], rtol=0, atol=1e-12)
-    assert (lp_b[~valid] == 0).all() and (lp_a[~valid] == 0).all()
+    assert (lp_b[~valid & (torch.arange(T) >= P)] == 0).all() and (lp_a[~valid] == 0).all()
     # HF's RMSNorm computes in float32 even in a float64 model (``hidden_states.to(torch.float32)``), so
     # gradients through it are float32-accurate whatever the layout: the gradient of the same loss summed
     # in another order differs by ~1e-7 relative (measured: 1.8e-7 for the padded layout against itself).

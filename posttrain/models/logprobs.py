@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["token_logprobs", "token_entropy", "sequence_logprobs", "gathered_logprobs", "indexed_logprobs",
-           "position_ids_from_mask"]
+           "position_ids_from_mask", "model_logits", "first_target", "takes_logits_to_keep"]
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -85,9 +85,50 @@ def token_entropy(logits: torch.Tensor, chunk_size: int | None = None) -> torch.
     return ent
 
 
+def first_target(mask: torch.Tensor) -> int:
+    """The first position (column) at which any row of ``mask`` ``[B, T]`` is set, or 1 when none is: the
+    ``from_position`` of :func:`sequence_logprobs` for a loss over ``mask``."""
+    cols = mask.any(dim=0).nonzero()  # [n, 1]
+    return max(int(cols[0, 0]), 1) if cols.numel() else 1
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether ``model``'s forward (under DDP, ``torch.compile`` and PEFT wrappers) has HF's ``logits_to_keep``."""
+    import inspect
+
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None and hasattr(model, "get_base_model"):
+            inner = model.get_base_model()
+        if inner is None or inner is model:
+            break
+        model = inner
+    key = type(model)
+    if key not in _LOGITS_TO_KEEP:
+        fwd = getattr(model, "forward", None)
+        _LOGITS_TO_KEEP[key] = fwd is not None and "logits_to_keep" in inspect.signature(fwd).parameters
+    return _LOGITS_TO_KEEP[key]
+
+
+_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def model_logits(model, from_position: int = 0, **inputs) -> torch.Tensor:
+    """``model(**inputs).logits[:, from_position:]`` ``[B, T − from_position, V]``, computing the LM head only
+    for those positions when the model takes HF's ``logits_to_keep`` (the rest of the forward is the same).
+    For a large vocabulary the head is a large share of the FLOPs and of the float32 working memory, and a
+    loss over completions never uses the logits of the prompt positions before the last one."""
+    T = inputs["input_ids"].shape[1]
+    if from_position > 0 and takes_logits_to_keep(model):
+        inputs["logits_to_keep"] = T - from_position
+    logits = model(**inputs, use_cache=False).logits  # [B, T or T − from_position, V]
+    return logits[:, from_position:] if logits.shape[1] == T else logits
+
+
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                       position_ids: torch.Tensor | None = None, temperature: float = 1.0,
-                      with_entropy: bool = False, chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+                      with_entropy: bool = False, chunk_size: int | None = None,
+                      from_position: int = 1) -> dict[str, torch.Tensor]:
     """Run ``model`` once and return per-token log-probs (and entropies) in token space.
 
     Returns ``{"logprobs": [B, T]}`` (plus ``"entropy": [B, T]`` when ``with_entropy``) where position
@@ -96,19 +137,28 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     ``entropy[t]`` is the entropy of that same distribution. Position 0, padded positions, and the first
     real token of a left-padded row hold 0.
 
-    ``position_ids`` default to ``cumsum(attention_mask) − 1`` so left padding gives the same result
-    as the unpadded row. Gradients flow (no ``no_grad`` here).
+    ``from_position`` (≥ 1): only positions ``t ≥ from_position`` are computed, earlier ones hold 0, and the
+    LM head runs only on positions ``≥ from_position − 1`` (:func:`model_logits`); pass
+    :func:`first_target` of the loss mask. ``position_ids`` default to ``cumsum(attention_mask) − 1`` so left
+    padding gives the same result as the unpadded row. Gradients flow (no ``no_grad`` here).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
+    T = input_ids.shape[1]
+    if not 1 <= from_position <= max(T - 1, 1):
+        raise ValueError(f"from_position must be in [1, {max(T - 1, 1)}], got {from_position}")
     mask = attention_mask.bool()  # [B, T]
     if position_ids is None:
         position_ids = position_ids_from_mask(attention_mask)  # [B, T]
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=False)
-    logits = out.logits[:, :-1]  # [B, T-1, V] predicts x_1 … x_{T-1}
-    lp, ent = _logprobs_entropy(logits, input_ids[:, 1:], temperature=temperature,
-                                chunk_size=chunk_size, with_entropy=with_entropy)  # [B, T-1]
+    s = from_position - 1
+    logits = model_logits(model, s, input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids)[:, :-1]  # [B, T-1-s, V] predicts x_{s+1} … x_{T-1}
+    lp, ent = _logprobs_entropy(logits, input_ids[:, s + 1:], temperature=temperature,
+                                chunk_size=chunk_size, with_entropy=with_entropy)  # [B, T-1-s]
+    if s:
+        pad = lp.new_zeros(lp.shape[0], s)  # [B, s] positions 1 … s, not computed
+        lp = torch.cat([pad, lp], dim=1)  # [B, T-1]
+        ent = torch.cat([pad, ent], dim=1) if ent is not None else None
     return _token_space(lp, ent, mask)
 
 

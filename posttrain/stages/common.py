@@ -166,12 +166,15 @@ def packing_pays(shape: tuple[int, int, int] | None, padded: tuple[int, int], pa
 
 def token_logprobs_of(model, batch: Mapping[str, Any]) -> torch.Tensor:
     """Per-token log-probs ``[B, T]`` (token-space convention) for a padded batch (2-D ``attention_mask``)
-    or a packed one (4-D block-diagonal ``attention_mask`` and restarted ``position_ids``)."""
-    from posttrain.models.logprobs import sequence_logprobs, token_logprobs
+    or a packed one (4-D block-diagonal ``attention_mask`` and restarted ``position_ids``). A padded batch's
+    positions before the first ``loss_mask`` token hold 0 (their logits are not computed)."""
+    from posttrain.models.logprobs import first_target, sequence_logprobs, token_logprobs
 
     am = batch.get("attention_mask")
     if am is not None and am.dim() == 2:
-        return sequence_logprobs(model, batch["input_ids"], am, position_ids=batch.get("position_ids"))["logprobs"]
+        start = first_target(batch["loss_mask"]) if "loss_mask" in batch else 1
+        return sequence_logprobs(model, batch["input_ids"], am, position_ids=batch.get("position_ids"),
+                                 from_position=start)["logprobs"]
     ids = batch["input_ids"]  # [B, L]
     out = model(input_ids=ids, attention_mask=am, position_ids=batch.get("position_ids"), use_cache=False)
     lp = token_logprobs(out.logits[:, :-1], ids[:, 1:])  # [B, L-1]

@@ -228,15 +228,17 @@ def shared_prompt_batch(pairs: Sequence[Any], pad_id: int, mask_dtype: torch.dty
 
 def _shared_prompt_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """``[2B]`` sequence log-probs (chosen then rejected) and completion lengths of a shared-prompt batch."""
-    from posttrain.models.logprobs import indexed_logprobs
+    from posttrain.models.logprobs import indexed_logprobs, model_logits
 
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], use_cache=False)
-    logits = out.logits                                                      # [B, L, V]
-    B, L = batch["input_ids"].shape
-    rows = batch["pred_index"] + L * torch.arange(B, device=logits.device)[:, None]  # [B, L] flat row
-    lp, _ = indexed_logprobs(logits.flatten(0, 1), rows, batch["input_ids"])  # [B, L]
     cm, rm = batch["chosen_mask"], batch["rejected_mask"]                    # [B, L]
+    B, L = batch["input_ids"].shape
+    pred = batch["pred_index"]                                               # [B, L]
+    used = pred[(cm + rm) > 0]                                               # predicting positions
+    s = int(used.min()) if used.numel() else 0  # no logit before the earliest of them is used
+    logits = model_logits(model, s, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          position_ids=batch["position_ids"])               # [B, L−s, V]
+    rows = (pred - s).clamp(min=0) + (L - s) * torch.arange(B, device=logits.device)[:, None]  # [B, L] flat
+    lp, _ = indexed_logprobs(logits.flatten(0, 1), rows, batch["input_ids"])  # [B, L]
     logps = torch.cat([masked_sum(lp, cm, dim=-1), masked_sum(lp, rm, dim=-1)])  # [2B]
     return logps, torch.cat([cm.sum(-1), rm.sum(-1)])                        # [2B], [2B]
 
@@ -250,10 +252,11 @@ def _rows(batch, rows: slice) -> dict[str, torch.Tensor]:
 
 def _sequence_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums of completion-token log-probs ``[R]`` and completion lengths ``[R]`` for a batch's rows."""
-    from posttrain.models.logprobs import sequence_logprobs
+    from posttrain.models.logprobs import first_target, sequence_logprobs
 
-    lp = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"])["logprobs"]  # [R, T]
     mask = batch["loss_mask"]                                                # [R, T]
+    lp = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                           from_position=first_target(mask))["logprobs"]    # [R, T]
     return masked_sum(lp, mask, dim=-1), mask.sum(-1)                        # [R], [R]
 
 

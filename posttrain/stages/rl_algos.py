@@ -244,6 +244,13 @@ def _unpack(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return flat.index_select(0, index.reshape(-1)).view(*index.shape, *x.shape[2:])
 
 
+def _keep_kwargs(model, T: int, skip: int) -> dict:
+    """``logits_to_keep`` for ``model`` when it takes it and positions ``< skip`` are not needed."""
+    from posttrain.models.logprobs import takes_logits_to_keep
+
+    return {"logits_to_keep": T - skip} if skip > 0 and takes_logits_to_keep(model) else {}
+
+
 def forward_policy(model, batch: dict, *, temperature: float, with_entropy: bool = False,
                    ) -> dict[str, torch.Tensor]:
     """One forward of ``model`` (a causal LM, or :class:`~posttrain.stages.rl.PolicyWithValue` — possibly
@@ -251,15 +258,18 @@ def forward_policy(model, batch: dict, *, temperature: float, with_entropy: bool
     ``values`` ``[B, T]`` = ``V(x_<t)`` when the model has a value head. The SAME code computes the old
     log-probs after sampling and the new ones in the loss, so on-policy ratios are exactly 1. A micro-batch
     with ``packed`` (:func:`pack_groups`) runs the packed rows and gathers the outputs back to ``[B, T]``."""
-    from posttrain.models.logprobs import gathered_logprobs, sequence_logprobs
+    from posttrain.models.logprobs import first_target, gathered_logprobs, sequence_logprobs
 
     packed = batch.get("packed")
     if packed is None:
+        # the LM head only from the last prompt position on (model_logits); values need every position
+        start = first_target(batch["completion_mask"])
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    position_ids=batch["position_ids"], use_cache=False)
+                    position_ids=batch["position_ids"], use_cache=False,
+                    **_keep_kwargs(model, batch["input_ids"].shape[1], start - 1))
         res = sequence_logprobs(_Given(out), batch["input_ids"], batch["attention_mask"],
                                 position_ids=batch["position_ids"], temperature=temperature,
-                                with_entropy=with_entropy)
+                                with_entropy=with_entropy, from_position=start)
         token_values = getattr(out, "token_values", None)
     else:  # log-probs straight from the packed logits: no [B, T, V] copy
         out = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],

@@ -28,7 +28,9 @@ rankings (the instructgpt recipe's settings), then measures:
   ``runs/rl_check-ds``; 81% of the groups drawn have signal at step 35) the training reward over every drawn
   completion rises faster (mean of steps 31–60 0.243 vs 0.194) but held-out exact match does not (0.094), and
   after either run ``forced_operands`` falls (0.31 → 0.14–0.16): the policy learns answers to the training
-  prompts rather than arithmetic from the operands it restates.
+  prompts rather than arithmetic from the operands it restates. Paying only for right answers reached from the
+  prompt's own operands (``--rlvr-reward worked``, :func:`worked_arith_reward`; evaluation unchanged) keeps more
+  of ``forced_operands`` (0.25) but gives the same held-out exact match, 0.109 → 0.156.
 
 Everything is written under ``--out`` (default ``runs/rl_check``): each stage's run directory, and
 ``rl_check.json`` with the numbers and the per-step curves (reward, gold, KL, length). Re-running reuses
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -134,6 +137,27 @@ def _arith_prompts(world: Path, out: Path) -> Path:
     return path
 
 
+_EQUATION = re.compile(r"(\d+)\s*([-+*])\s*(\d+)\s*=")
+
+
+def worked_arith_reward(prompts, completions, **_) -> list[float]:
+    """A stricter arithmetic verifier for the toy world's ``arith`` prompts (``--rlvr-reward worked``): 1 when
+    the answer is right (:func:`~posttrain.world.gold.is_correct_arith`, the check the evaluation uses) **and**
+    every equation the response writes (``a op b =``) has the prompt's operands and operator; 0 otherwise. The
+    answer-only verifier also pays a right number reached from miscopied operands (``Compute 7 * 4.`` →
+    ``14 * 2 = 28.``), which rewards recalling a training prompt's answer rather than working it out."""
+    from posttrain.world.gold import is_correct_arith
+    from posttrain.world.tasks import parse_prompt, prompt_text
+
+    out = []
+    for p, y in zip(prompts, completions):
+        task = parse_prompt(prompt_text(p))
+        want = (task.numbers[0], task.op, task.numbers[1])
+        worked = all((int(a), op, int(b)) == want for a, op, b in _EQUATION.findall(y))
+        out.append(float(worked and is_correct_arith(p, y)))
+    return out
+
+
 def _rl(name: str, out: Path, overrides: list[str], progress: bool) -> tuple[Path, list[dict]]:
     from posttrain.config import RLConfig, load_config
     from posttrain.io import read_jsonl
@@ -213,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads for every stage (default: torch's)")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of every RL run (the SFT and reward models keep theirs); use its own --out")
+    ap.add_argument("--rlvr-reward", choices=["math", "worked"], default="math",
+                    help="rlvr training reward: the answer-only math verifier, or worked_arith_reward (right answer "
+                         "and the prompt's own operands in every equation written); the evaluation is the same")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an rl config override for every RL run (after the part's own settings; use its own --out)")
     args = ap.parse_args(argv)
@@ -267,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                                  "proxy_final": _smooth(proxy, len(proxy) - 1)}
         if "rlvr" in parts:
             arith = [r for r in world_eval_rows(world, ("arith",))]
-            path, curve = _rl("rlvr", out, [f"model={sft}", "reward=verifier:math",
+            reward = ("verifier:math" if args.rlvr_reward == "math"
+                      else "callable:posttrain.stages.rl_check:worked_arith_reward")
+            path, curve = _rl("rlvr", out, [f"model={sft}", f"reward={reward}",
                                             f"data.train={_arith_prompts(world, out)}",
                                             "data.max_prompt_len=48", "generation.max_new_tokens=24",
                                             # the best measured setting (module docstring): G 16 x 16
