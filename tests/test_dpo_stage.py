@@ -434,10 +434,18 @@ def test_shared_prompt_layout_gives_the_same_loss_and_gradients(world):
         b = dpo_stage.PreferenceBatcher(enc, tok.pad_token_id, True, 48, share_prompt=share,
                                         mask_dtype=torch.float64)(list(range(5)))
         policy.zero_grad()
+        seen = []
+        hook = policy.lm_head.register_forward_hook(lambda mod, i, o: seen.append(i[0].shape[1]))
         loss, m = obj(policy, b, 5.0)
+        hook.remove()
         loss.backward()
         grads = {n: p.grad.clone() for n, p in policy.named_parameters()}
         tokens = b["num_tokens"] if share else int(b["attention_mask"].sum())
+        # the head runs from the earliest position whose logits predict a completion token (the shortest
+        # prompt's last token) on, not over the prompts before it
+        first = int(b["pred_index"][(b["chosen_mask"] + b["rejected_mask"]) > 0].min()) if share else \
+            int(b["loss_mask"].any(0).nonzero()[0, 0]) - 1
+        assert seen == [b["input_ids"].shape[1] - first] and first > 0
         results.append((float(loss.detach()), grads, tokens, float(m["margin"])))
     (l0, g0, t0, m0), (l1, g1, t1, m1) = results
     assert l1 == pytest.approx(l0, rel=1e-10) and m1 == pytest.approx(m0, abs=1e-10)

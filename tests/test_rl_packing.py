@@ -66,7 +66,11 @@ def test_packed_groups_give_the_padded_logprobs_entropy_and_gradients(kind):
         return res["logprobs"].detach(), res["entropy"].detach(), grads
 
     lp_a, ent_a, g_a = run(mb)
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     lp_b, ent_b, g_b = run({**mb, "packed": packed})
+    hook.remove()
+    assert seen == [packed["input_ids"].shape[1] - (P - 1)]  # the head from the last prompt column on
     real = mb["attention_mask"].bool()
     valid = torch.zeros_like(real)
     valid[:, 1:] = real[:, 1:] & real[:, :-1]

@@ -234,7 +234,7 @@ def pack_groups(batch: dict, group_size: int, prompt_width: int,
     local = torch.where(col < P, col, P + j * C + (col - P))                      # [G, T]
     index = (torch.arange(g, device=dev).view(g, 1, 1) * L + local).reshape(b, T)  # [b, T]
     return {"input_ids": p_ids, "attention_mask": mask, "position_ids": p_pos, "index": index,
-            "num_tokens": int(p_am.sum())}
+            "num_tokens": int(p_am.sum()), "prompt_width": P}
 
 
 def _unpack(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -272,10 +272,16 @@ def forward_policy(model, batch: dict, *, temperature: float, with_entropy: bool
                                 with_entropy=with_entropy, from_position=start)
         token_values = getattr(out, "token_values", None)
     else:  # log-probs straight from the packed logits: no [B, T, V] copy
+        P, L = packed["prompt_width"], packed["input_ids"].shape[1]
         out = model(input_ids=packed["input_ids"], attention_mask=packed["attention_mask"],
-                    position_ids=packed["position_ids"], use_cache=False)
-        res = gathered_logprobs(out.logits.flatten(0, 1), packed["index"], batch["input_ids"],
-                                batch["attention_mask"], temperature=temperature, with_entropy=with_entropy)
+                    position_ids=packed["position_ids"], use_cache=False, **_keep_kwargs(model, L, P - 1))
+        logits = out.logits                                                      # [g, L or L−P+1, V]
+        index = packed["index"]                                                  # [b, T] flat in [g·L]
+        if logits.shape[1] != L:  # the head ran from column P − 1 on: re-address the kept columns
+            index = (index // L) * logits.shape[1] + (index % L - (P - 1)).clamp(min=0)
+        res = gathered_logprobs(logits.flatten(0, 1), index, batch["input_ids"], batch["attention_mask"],
+                                temperature=temperature, with_entropy=with_entropy)
+        res = {k: torch.cat([v.new_zeros(v.shape[0], P), v[:, P:]], dim=1) for k, v in res.items()}  # as padded
         tv = getattr(out, "token_values", None)
         token_values = None if tv is None else _unpack(tv, packed["index"])
     if token_values is not None:
