@@ -111,6 +111,9 @@ class StageConfig(Section):
     compile: bool = Field(False, description="run the training forward/backward through torch.compile "
                                              "(fuses elementwise ops; the first steps pay the compile time, "
                                              "new shapes recompile; needs a C++ compiler on the CPU)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each layer's activations in the backward pass (HF gradient checkpointing, "
+                           "non-reentrant): activation memory of one layer instead of all, for ~1/3 more compute")
 
 
 # --------------------------------------------------------------------------------------------- stages

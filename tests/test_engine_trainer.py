@@ -268,3 +268,50 @@ def test_compile_trains_the_same_weights(tmp_path):
     assert set(state(b)) == set(init)
     assert _max_diff(state(a), state(b)) < 1e-5 and _max_diff(state(a), init) > 1e-3
     assert sb["final_loss"] == pytest.approx(sa["final_loss"], rel=1e-6)
+
+
+def _saved_bytes(model, batch) -> int:
+    """Bytes of the tensors autograd saves for the backward of ``lm_loss`` on ``batch`` (activation memory)."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = lm_loss(model, batch, None)
+    loss.backward()
+    return total[0]
+
+
+def test_gradient_checkpointing_trains_the_same_weights_with_less_saved_activation(tmp_path):
+    """``gradient_checkpointing=true``: 3 AdamW steps on ragged float64 batches give the same weights as without
+    (|Δ| < 1e-12: the recomputed forward is the same arithmetic), while the tensors autograd keeps for the
+    backward shrink — measured on a 4-layer model, 16 sequences of 64 tokens: 28.6 MB → 2.7 MB (the checkpointed
+    layers keep only their inputs); a model without an HF module is a config error."""
+    from posttrain.engine.trainer import enable_gradient_checkpointing
+    from posttrain.errors import ConfigError
+
+    ex = ragged_examples(16)
+    base = tiny_llama(0)
+    init = state(base)
+    a, b = clone(base), clone(base)
+    _train(tmp_path / "plain", a, ex, batch_size=8)
+    tb, _ = _train(tmp_path / "ckpt", b, ex, batch_size=8, gradient_checkpointing=True)
+    assert b.is_activation_checkpointing and not a.is_activation_checkpointing
+    assert _max_diff(state(a), state(b)) < 1e-12 and _max_diff(state(a), init) > 1e-3
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    big = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                       num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False))
+    ids = torch.randint(3, 64, (16, 64), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "loss_mask": torch.ones(16, 64)}
+    big.train()
+    plain = _saved_bytes(big, batch)
+    assert enable_gradient_checkpointing(big) == 1
+    ckpt = _saved_bytes(big, batch)
+    assert ckpt < 0.5 * plain, (plain, ckpt)
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        enable_gradient_checkpointing(torch.nn.Linear(2, 2))

@@ -34,6 +34,9 @@ micro-batches and ranks; every other key is a per-micro-batch mean and is averag
 Precision: fp32 weights; on CUDA with ``dtype=auto`` forward passes run under bf16 autocast; other
 ``dtype`` values run in the weights' own dtype.
 
+``gradient_checkpointing=true``: every Hugging Face model in ``model`` recomputes its layers' activations in
+the backward pass (:func:`enable_gradient_checkpointing`); the gradients are the same numbers.
+
 ``compile=true``: the ``loss_fn`` receives ``torch.compile(model)`` (a wrapper over the same parameters, so
 the optimizer, checkpoints and saved weights are unchanged); evaluation and anything else a stage runs use
 the plain module. The first step pays the compile time and each new batch shape may recompile.
@@ -159,6 +162,30 @@ def matmul_params(model: nn.Module) -> int:
     return n
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> int:
+    """Turn on Hugging Face activation checkpointing (non-reentrant, so frozen inputs and LoRA need no
+    ``enable_input_require_grads``) in every HF model inside ``model`` (a policy, a policy + value pair, a
+    reward model's backbone, a PEFT wrapper's base). Returns how many; a ConfigError when none supports it."""
+    from transformers import PreTrainedModel
+
+    def on(m) -> bool:  # transformers 5 renamed the API (activation_*); older releases have gradient_*
+        name = "is_activation_checkpointing" if hasattr(type(m), "is_activation_checkpointing") else \
+            "is_gradient_checkpointing"
+        return bool(getattr(m, name, False))
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing and not on(m):
+            if hasattr(m, "activation_checkpointing_enable"):
+                m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            n += 1
+    if not n and not any(on(m) for m in model.modules() if isinstance(m, PreTrainedModel)):
+        raise ConfigError("gradient_checkpointing=true, but the model has no Hugging Face module that supports it")
+    return n
+
+
 def to_device(batch: Mapping, device: torch.device) -> dict:
     """Tensors of ``batch`` moved to ``device`` (others passed through)."""
     nb = device.type == "cuda"
@@ -240,6 +267,8 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed + self.dist.rank)
         self.module = model
+        if getattr(cfg, "gradient_checkpointing", False):
+            enable_gradient_checkpointing(model)
         self.device = next(model.parameters()).device
         self.autocast_dtype = (torch.bfloat16 if self.device.type == "cuda" and cfg.dtype == "auto"
                                and torch.cuda.is_bf16_supported() else None)
