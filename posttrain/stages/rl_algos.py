@@ -132,8 +132,9 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable[[Scored, Any, float], Advantages]] = {
 
 
 def select_groups(scores: torch.Tensor, group_size: int, keep: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """DAPO's dynamic sampling (Yu et al. 2025, eq. 11's constraint ``0 < |{o_i : o_i correct}| < G``, here for
-    any reward: the group's scores are not all equal). A group whose ``G`` rewards are equal has zero
+    """DAPO's dynamic sampling (Yu et al. 2025: the DAPO objective's constraint
+    ``0 < |{o_i : o_i correct}| < G``, here for any reward: the group's scores are not all equal; verl's
+    ``filter_groups``). A group whose ``G`` rewards are equal has zero
     group-relative advantage and adds no gradient, only tokens to the loss's normaliser; of the groups drawn
     (``scores`` ``[n·G]``, row ``i`` in group ``i // G``), the first ``keep`` with signal are kept in draw order.
     Departure from the paper, which samples again until the batch is full: the draw is made once (``oversample``
