@@ -35,6 +35,11 @@ stage alone (session 8, ``--set seed=1`` / ``--set seed=2 dpo ipo simpo dpo-on-p
 pairs changes; SFT model, reward model, on-policy pairs and evaluation are the same): DPO 0.568 / 0.575 / 0.543
 (mean 0.562), IPO 0.532 / 0.530 / 0.546 (0.536), SimPO 0.477 / 0.393 / 0.457 (0.442), DPO on on-policy pairs
 0.621 / 0.588 / 0.604 (0.604) — every seed of every loss is below 0.65, so the miss is not seed noise.
+Session 10 (AMD EPYC; the world built there hashes 595b1ef57980: its float32 pretraining gives another base
+model, whose SFT model has gold 0.47), seeds 0 / 1 / 2 of ``dpo ipo simpo``: DPO 0.643 / 0.648 / 0.654 (mean
+0.648), IPO 0.668 / 0.646 / 0.671 (0.662), SimPO 0.627 / 0.596 / 0.580 (0.601): on that world IPO meets the
+target, DPO is at it within σ, SimPO misses — the same code and settings, so the world instance moves the
+result by as much as the losses differ.
 
 Run: ``.venv/bin/python -m pytest tests/test_dpo_acceptance.py -m slow -s`` or
 ``.venv/bin/python tests/test_dpo_acceptance.py [--set KEY=VALUE] [LOSS ...]`` (``--set nll_weight=1``: the
