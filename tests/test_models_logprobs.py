@@ -243,3 +243,15 @@ def test_from_position_computes_the_head_only_where_used(tiny64, start):
         torch.testing.assert_close(wrapped, part[k], rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="from_position"):
         sequence_logprobs(model, ids, mask, from_position=7)
+
+
+def test_takes_logits_to_keep_sees_through_ddp_and_compile_wrappers(tiny64):
+    """The check unwraps ``.module`` (DDP) and ``._orig_mod`` (torch.compile) to the HF model's forward."""
+    from types import SimpleNamespace
+
+    from posttrain.models.logprobs import takes_logits_to_keep
+
+    model, _ = tiny64
+    assert takes_logits_to_keep(SimpleNamespace(module=model))
+    assert takes_logits_to_keep(SimpleNamespace(_orig_mod=SimpleNamespace(module=model)))
+    assert not takes_logits_to_keep(SimpleNamespace(module=_NoKeep(model)))

@@ -97,9 +97,11 @@ def takes_logits_to_keep(model) -> bool:
     import inspect
 
     while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        inner = getattr(model, "module", None)  # DDP
+        if inner is None:
+            inner = getattr(model, "_orig_mod", None)  # torch.compile
         if inner is None and hasattr(model, "get_base_model"):
-            inner = model.get_base_model()
+            inner = model.get_base_model()  # PEFT
         if inner is None or inner is model:
             break
         model = inner
