@@ -4,7 +4,7 @@ The test launches this file under ``python -m torch.distributed.run --standalone
 each rank trains with batch 2 × accumulation 2 (global batch 8 = 2 ranks × 2 × 2), which exercises DDP's
 gradient averaging (undone by the engine's ×world_size), ``no_sync`` on the first micro-batch and the
 all-reduced token normaliser. The reference is one process with batch 8 × accumulation 1. Float64 with
-ragged completion lengths; |Δ| < 1e-12 after 3 AdamW steps.
+ragged completion lengths; |Δ| < 1e-12 after 3 AdamW steps (also with ``gradient_checkpointing``).
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ sys.path.insert(0, str(HERE))
 from test_engine_utils import collate, lm_loss, ragged_examples, stage_cfg, state, tiny_llama  # noqa: E402
 
 
-def _train(out_dir: Path, model, *, batch_size: int, grad_accum: int, compile: bool = False):
+def _train(out_dir: Path, model, *, batch_size: int, grad_accum: int, compile: bool = False,
+           checkpointing: bool = False):
     from posttrain.engine import Run, StepSampler, Trainer, distributed
 
     info = distributed.init("cpu")
     ex = ragged_examples(24)
-    cfg = stage_cfg(out_dir, batch_size=batch_size, grad_accum=grad_accum, max_steps=3, compile=compile)
+    cfg = stage_cfg(out_dir, batch_size=batch_size, grad_accum=grad_accum, max_steps=3, compile=compile,
+                    gradient_checkpointing=checkpointing)
     run = Run.open(cfg, "test")
     tr = Trainer(cfg, run, model)
     sampler = StepSampler.from_config(cfg, len(ex), rank=info.rank, world=info.world_size)
@@ -35,11 +37,12 @@ def _train(out_dir: Path, model, *, batch_size: int, grad_accum: int, compile: b
     return info, summary
 
 
-def _worker(out: str, compile: bool = False) -> None:
+def _worker(out: str, compile: bool = False, checkpointing: bool = False) -> None:
     model = tiny_llama(0)
     from posttrain.engine import distributed
 
-    info, summary = _train(Path(out) / "run", model, batch_size=2, grad_accum=2, compile=compile)
+    info, summary = _train(Path(out) / "run", model, batch_size=2, grad_accum=2, compile=compile,
+                           checkpointing=checkpointing)
     if info.rank == 0:
         torch.save({"state": state(model), "loss": summary["final_loss"], "world": info.world_size},
                    Path(out) / "ddp.pt")
@@ -84,5 +87,19 @@ def test_two_compiled_ranks_equal_one_eager_rank(tmp_path):
     assert diff < 1e-5 and moved > 1e-3
 
 
+def test_two_checkpointed_ranks_equal_one_rank(tmp_path):
+    """``gradient_checkpointing=true`` under DDP (non-reentrant recompute inside DDP's backward, with
+    ``no_sync`` on the first micro-batch): the plain single rank's weights to |Δ| < 1e-12."""
+    got = _two_ranks(tmp_path, "checkpointing")
+    ref = tiny_llama(0)
+    init = state(ref)
+    _train(tmp_path / "ref", ref, batch_size=8, grad_accum=1)
+    ref_state = state(ref)
+    diff = max(float((ref_state[k] - got["state"][k]).abs().max()) for k in ref_state)
+    moved = max(float((ref_state[k] - init[k]).abs().max()) for k in ref_state)
+    assert diff < 1e-12 and moved > 1e-3
+
+
 if __name__ == "__main__":
-    _worker(sys.argv[1], compile=len(sys.argv) > 2 and sys.argv[2] == "compile")
+    mode = sys.argv[2] if len(sys.argv) > 2 else ""
+    _worker(sys.argv[1], compile=mode == "compile", checkpointing=mode == "checkpointing")
