@@ -324,3 +324,20 @@ def test_bad_policy_loss_settings_are_config_errors(prompts_file, tmp_path, caps
                "policy_loss=cispo", f"reward=callable:{HERE}:vowel_count"])
     assert rc == 2 and "policy_loss=cispo needs key 'clip_eps_high'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_policy_with_value_passes_logits_to_keep_to_the_policy():
+    """PPO's policy + value module: ``logits_to_keep = k`` gives the policy's last ``k`` positions of logits
+    (equal to the full forward's, float64 1e-12) and the value model's values at every position."""
+    from posttrain.models.presets import build_preset
+    from posttrain.stages.rl import PolicyWithValue
+
+    policy = build_preset("tiny", seed=1)[0].double()
+    value = build_preset("tiny", seed=2)[0].double()
+    both = PolicyWithValue(policy, value)
+    ids = torch.randint(3, 200, (2, 9), generator=torch.Generator().manual_seed(0))
+    am = torch.ones_like(ids)
+    full, part = both(ids, am), both(ids, am, logits_to_keep=4)
+    assert part.logits.shape[1] == 4 and full.logits.shape[1] == 9 and part.token_values.shape == (2, 9)
+    torch.testing.assert_close(part.logits, full.logits[:, -4:], rtol=0, atol=1e-12)
+    torch.testing.assert_close(part.token_values, full.token_values, rtol=0, atol=0)

@@ -84,18 +84,21 @@ PROMPT_KINDS = ("prompt", "verifiable", "prompt_completion", "preference", "rank
 class PolicyWithValue(nn.Module):
     """The policy and a separate value network as ONE module (one optimizer, one DDP wrapper).
 
-    ``forward`` returns ``logits`` ``[B, T, V]`` of the policy and ``token_values`` ``[B, T]`` =
-    ``V(x_≤t)`` of the value model (:func:`posttrain.models.heads.token_values`)."""
+    ``forward`` returns ``logits`` ``[B, T, V]`` of the policy (``[B, logits_to_keep, V]``, the last positions,
+    when given and the policy takes it) and ``token_values`` ``[B, T]`` = ``V(x_≤t)`` of the value model
+    (:func:`posttrain.models.heads.token_values`)."""
 
     def __init__(self, policy: nn.Module, value: nn.Module):
         super().__init__()
         self.policy, self.value = policy, value
 
-    def forward(self, input_ids, attention_mask, position_ids=None, use_cache=False, **_):
+    def forward(self, input_ids, attention_mask, position_ids=None, use_cache=False, logits_to_keep=0, **_):
         from posttrain.models.heads import token_values
+        from posttrain.models.logprobs import takes_logits_to_keep
 
+        keep = {"logits_to_keep": logits_to_keep} if logits_to_keep and takes_logits_to_keep(self.policy) else {}
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False)
+                          use_cache=False, **keep)
         v = token_values(self.value, input_ids, attention_mask, position_ids=position_ids)  # [B, T]
         return SimpleNamespace(logits=out.logits, token_values=v)
 
