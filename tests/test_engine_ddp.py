@@ -61,14 +61,21 @@ def _two_ranks(tmp_path, *extra: str) -> dict:
     return got
 
 
-def test_two_ranks_equal_one_rank(tmp_path):
-    got = _two_ranks(tmp_path)
+def _against_one_rank(tmp_path, got: dict) -> tuple[float, float, dict]:
+    """One eager process with batch 8 (the same global batch): max |Δ| between its weights and the 2-rank run's,
+    how far its weights moved from the initial ones, and its summary."""
     ref = tiny_llama(0)
     init = state(ref)
     _, summary = _train(tmp_path / "ref", ref, batch_size=8, grad_accum=1)
     ref_state = state(ref)
     diff = max(float((ref_state[k] - got["state"][k]).abs().max()) for k in ref_state)
     moved = max(float((ref_state[k] - init[k]).abs().max()) for k in ref_state)
+    return diff, moved, summary
+
+
+def test_two_ranks_equal_one_rank(tmp_path):
+    got = _two_ranks(tmp_path)
+    diff, moved, summary = _against_one_rank(tmp_path, got)
     assert diff < 1e-12 and moved > 1e-3
     assert got["loss"] == summary["final_loss"] or abs(got["loss"] - summary["final_loss"]) < 1e-12
 
@@ -77,26 +84,14 @@ def test_two_compiled_ranks_equal_one_eager_rank(tmp_path):
     """``compile=true`` under DDP (``torch.compile`` of the DDP wrapper, gloo): the same weights as one eager
     rank to |Δ| < 1e-5 (measured 1.2e-6: HF's float32 RMSNorm inside the float64 model, rounded differently
     by the fused kernel, as in the single-rank compile test)."""
-    got = _two_ranks(tmp_path, "compile")
-    ref = tiny_llama(0)
-    init = state(ref)
-    _train(tmp_path / "ref", ref, batch_size=8, grad_accum=1)
-    ref_state = state(ref)
-    diff = max(float((ref_state[k] - got["state"][k]).abs().max()) for k in ref_state)
-    moved = max(float((ref_state[k] - init[k]).abs().max()) for k in ref_state)
+    diff, moved, _ = _against_one_rank(tmp_path, _two_ranks(tmp_path, "compile"))
     assert diff < 1e-5 and moved > 1e-3
 
 
 def test_two_checkpointed_ranks_equal_one_rank(tmp_path):
     """``gradient_checkpointing=true`` under DDP (non-reentrant recompute inside DDP's backward, with
     ``no_sync`` on the first micro-batch): the plain single rank's weights to |Δ| < 1e-12."""
-    got = _two_ranks(tmp_path, "checkpointing")
-    ref = tiny_llama(0)
-    init = state(ref)
-    _train(tmp_path / "ref", ref, batch_size=8, grad_accum=1)
-    ref_state = state(ref)
-    diff = max(float((ref_state[k] - got["state"][k]).abs().max()) for k in ref_state)
-    moved = max(float((ref_state[k] - init[k]).abs().max()) for k in ref_state)
+    diff, moved, _ = _against_one_rank(tmp_path, _two_ranks(tmp_path, "checkpointing"))
     assert diff < 1e-12 and moved > 1e-3
 
 
