@@ -162,6 +162,23 @@ def worked_arith_reward(prompts, completions, **_) -> list[float]:
     return out
 
 
+def restated_operands_reward(prompts, completions, **_) -> list[float]:
+    """A rule-checked process reward for the toy world's ``arith`` prompts (``--rlvr-reward shaped`` adds it,
+    weighted, to the math verifier): 1 when the response writes an equation (``a op b =``) and every equation it
+    writes has the prompt's operands and operator, whatever the answer; 0 otherwise. Copying the operands is
+    what the SFT model gets wrong most, and unlike a training prompt's answer it carries over to unseen
+    operands; the answer itself is still paid only by the verifier."""
+    from posttrain.world.tasks import parse_prompt, prompt_text
+
+    out = []
+    for p, y in zip(prompts, completions):
+        task = parse_prompt(prompt_text(p))
+        want = (task.numbers[0], task.op, task.numbers[1])
+        eqs = _EQUATION.findall(y)
+        out.append(float(bool(eqs) and all((int(a), op, int(b)) == want for a, op, b in eqs)))
+    return out
+
+
 def _rl(name: str, out: Path, overrides: list[str], progress: bool) -> tuple[Path, list[dict]]:
     from posttrain.config import RLConfig, load_config
     from posttrain.io import read_jsonl
@@ -222,8 +239,11 @@ def _arith_headroom(policy_dir: Path, rows: list, *, k: int = 16, seed: int = 0)
                    pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
                    tokenizer=tok)
     forced = [t.strip().split(".")[0].strip() == a for t, a in zip(out.completion_texts, answers)]
+    greedy = evaluate_policy(model, tok, rows, seed=seed, max_prompt_len=48,
+                             generation={"temperature": 0.0, "max_new_tokens": 40})
+    restated = restated_operands_reward(greedy.prompts, greedy.completions)
     return {f"pass@{n}": sum(any(p[:n]) for p in per) / len(per) for n in (1, 4, k)} | {
-        "forced_operands": sum(forced) / len(forced)}
+        "forced_operands": sum(forced) / len(forced), "restated_operands": sum(restated) / len(restated)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads for every stage (default: torch's)")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of every RL run (the SFT and reward models keep theirs); use its own --out")
-    ap.add_argument("--rlvr-reward", choices=["math", "worked"], default="math",
-                    help="rlvr training reward: the answer-only math verifier, or worked_arith_reward (right answer "
-                         "and the prompt's own operands in every equation written); the evaluation is the same")
+    ap.add_argument("--rlvr-reward", choices=["math", "worked", "shaped"], default="math",
+                    help="rlvr training reward: the answer-only math verifier, worked_arith_reward (right answer "
+                         "and the prompt's own operands in every equation written), or shaped (the verifier plus "
+                         "--restate-weight x restated_operands_reward); the evaluation is the same")
+    ap.add_argument("--restate-weight", type=float, default=0.5,
+                    help="weight of restated_operands_reward in --rlvr-reward shaped")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an rl config override for every RL run (after the part's own settings; use its own --out)")
     args = ap.parse_args(argv)
@@ -298,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
                                  "proxy_final": _smooth(proxy, len(proxy) - 1)}
         if "rlvr" in parts:
             arith = [r for r in world_eval_rows(world, ("arith",))]
-            reward = ("verifier:math" if args.rlvr_reward == "math"
-                      else "callable:posttrain.stages.rl_check:worked_arith_reward")
+            reward = {"math": "verifier:math",
+                      "worked": "callable:posttrain.stages.rl_check:worked_arith_reward",
+                      "shaped": f"verifier:math*1.0+callable:posttrain.stages.rl_check:restated_operands_reward"
+                                f"*{args.restate_weight}"}[args.rlvr_reward]
             path, curve = _rl("rlvr", out, [f"model={sft}", f"reward={reward}",
                                             f"data.train={_arith_prompts(world, out)}",
                                             "data.max_prompt_len=48", "generation.max_new_tokens=24",
