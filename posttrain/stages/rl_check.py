@@ -31,6 +31,14 @@ rankings (the instructgpt recipe's settings), then measures:
   prompts rather than arithmetic from the operands it restates. Paying only for right answers reached from the
   prompt's own operands (``--rlvr-reward worked``, :func:`worked_arith_reward`; evaluation unchanged) keeps more
   of ``forced_operands`` (0.25) but gives the same held-out exact match, 0.109 → 0.156.
+  Session 11 (Intel Xeon, world f6f1b11db062; SFT 0.094, and greedy ``restated_operands`` only 0.062: the SFT
+  model writes the right equation for 6% of held-out prompts, ``Compute 8 - 8.`` → ``11 - 11 = 2.``). The
+  shaped reward (``--rlvr-reward shaped``: the verifier plus ``--restate-weight`` × :func:`restated_operands_reward`,
+  a rule-checked reward for restating the prompt's operands whatever the answer) gives, out ``runs/sw-*``:
+  weight 0.5 × 60 steps 0.188 (+9.4; restated 0.06 → 0.14, forced_operands 0.33 → 0.14), weight 1.0 × 60
+  steps 0.109 (+1.5), weight 1.0 × 120 steps 0.141 (+4.7), weight 0.5 × 120 steps 0.141 (+4.7) — every one
+  within two σ of the answer-only verifier, and the training restatement rate rises only 0.03 → ~0.10: GRPO
+  with a 0/1 reward on a 6% event moves the 2M-parameter model's copying slowly.
 
 Measured (session 10, world 595b1ef57980, default settings): PPO win-rate 0.723 (gold 1.72, KL 1.56, length
 14.4), GRPO 0.674 (gold 1.46, KL 0.51) — both above 0.65; ``overopt`` gold peaks at step 16 (1.98) and ends at
