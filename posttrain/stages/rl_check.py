@@ -152,6 +152,17 @@ def _arith_prompts(world: Path, out: Path) -> Path:
 _EQUATION = re.compile(r"(\d+)\s*([-+*])\s*(\d+)\s*=")
 
 
+def _restates(prompt, response: str, *, allow_none: bool) -> bool:
+    """Whether every equation ``response`` writes (``a op b =``) has ``prompt``'s operands and operator; a
+    response with no equation counts when ``allow_none``."""
+    from posttrain.world.tasks import parse_prompt, prompt_text
+
+    task = parse_prompt(prompt_text(prompt))
+    want = (task.numbers[0], task.op, task.numbers[1])
+    eqs = _EQUATION.findall(response)
+    return (allow_none or bool(eqs)) and all((int(a), op, int(b)) == want for a, op, b in eqs)
+
+
 def worked_arith_reward(prompts, completions, **_) -> list[float]:
     """A stricter arithmetic verifier for the toy world's ``arith`` prompts (``--rlvr-reward worked``): 1 when
     the answer is right (:func:`~posttrain.world.gold.is_correct_arith`, the check the evaluation uses) **and**
@@ -159,15 +170,8 @@ def worked_arith_reward(prompts, completions, **_) -> list[float]:
     answer-only verifier also pays a right number reached from miscopied operands (``Compute 7 * 4.`` →
     ``14 * 2 = 28.``), which rewards recalling a training prompt's answer rather than working it out."""
     from posttrain.world.gold import is_correct_arith
-    from posttrain.world.tasks import parse_prompt, prompt_text
 
-    out = []
-    for p, y in zip(prompts, completions):
-        task = parse_prompt(prompt_text(p))
-        want = (task.numbers[0], task.op, task.numbers[1])
-        worked = all((int(a), op, int(b)) == want for a, op, b in _EQUATION.findall(y))
-        out.append(float(worked and is_correct_arith(p, y)))
-    return out
+    return [float(_restates(p, y, allow_none=True) and is_correct_arith(p, y)) for p, y in zip(prompts, completions)]
 
 
 def restated_operands_reward(prompts, completions, **_) -> list[float]:
@@ -176,15 +180,7 @@ def restated_operands_reward(prompts, completions, **_) -> list[float]:
     writes has the prompt's operands and operator, whatever the answer; 0 otherwise. Copying the operands is
     what the SFT model gets wrong most, and unlike a training prompt's answer it carries over to unseen
     operands; the answer itself is still paid only by the verifier."""
-    from posttrain.world.tasks import parse_prompt, prompt_text
-
-    out = []
-    for p, y in zip(prompts, completions):
-        task = parse_prompt(prompt_text(p))
-        want = (task.numbers[0], task.op, task.numbers[1])
-        eqs = _EQUATION.findall(y)
-        out.append(float(bool(eqs) and all((int(a), op, int(b)) == want for a, op, b in eqs)))
-    return out
+    return [float(_restates(p, y, allow_none=False)) for p, y in zip(prompts, completions)]
 
 
 def _rl(name: str, out: Path, overrides: list[str], progress: bool) -> tuple[Path, list[dict]]:
@@ -331,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             arith = [r for r in world_eval_rows(world, ("arith",))]
             reward = {"math": "verifier:math",
                       "worked": "callable:posttrain.stages.rl_check:worked_arith_reward",
-                      "shaped": f"verifier:math*1.0+callable:posttrain.stages.rl_check:restated_operands_reward"
+                      "shaped": "verifier:math*1.0+callable:posttrain.stages.rl_check:restated_operands_reward"
                                 f"*{args.restate_weight}"}[args.rlvr_reward]
             path, curve = _rl("rlvr", out, [f"model={sft}", f"reward={reward}",
                                             f"data.train={_arith_prompts(world, out)}",
