@@ -1,9 +1,9 @@
-"""The toy-world arithmetic rewards of ``posttrain.stages.rl_check`` (``--rlvr-reward worked|shaped``)."""
+"""The toy-world arithmetic rewards of ``posttrain.stages.rl_check`` (``--rlvr-reward worked|shaped|partial``)."""
 
 from __future__ import annotations
 
 from posttrain.rollout.rewards import build_reward
-from posttrain.stages.rl_check import restated_operands_reward, worked_arith_reward
+from posttrain.stages.rl_check import operand_credit_reward, restated_operands_reward, worked_arith_reward
 
 
 def _p(text):
@@ -38,3 +38,19 @@ def test_shaped_spec_is_the_weighted_sum_of_verifier_and_restatement():
     math = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]  # the answer-only verifier reads the last number written
     restated = [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     assert [float(g) for g in got] == [m + 0.5 * r for m, r in zip(math, restated)]
+
+
+def test_operand_credit_counts_each_part_of_each_equation():
+    # worked by hand against ("7", "*", "4"): 3/3, 3/3, 0/3 (14 * 2: neither operand; the operator is "*": 1/3),
+    # no equation 0, mean of 3/3 and 2/3 (the "+" is wrong), and 9 - 3 against itself 3/3
+    got = operand_credit_reward(PROMPTS, COMPLETIONS)
+    want = [1.0, 1.0, 1 / 3, 0.0, (1 + 2 / 3) / 2, 1.0]
+    assert got == want
+
+
+def test_operand_credit_is_between_zero_and_the_all_or_nothing_reward():
+    prompts = [_p("What is 8 - 8?")] * 4
+    completions = ["11 - 11 = 0.", "8 - 11 = -3.", "8 + 8 = 16.", "8 - 8 = 0."]
+    credit = operand_credit_reward(prompts, completions)
+    assert credit == [1 / 3, 2 / 3, 2 / 3, 1.0]
+    assert all(c >= r for c, r in zip(credit, restated_operands_reward(prompts, completions)))

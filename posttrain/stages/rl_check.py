@@ -183,6 +183,22 @@ def restated_operands_reward(prompts, completions, **_) -> list[float]:
     return [float(_restates(p, y, allow_none=False)) for p, y in zip(prompts, completions)]
 
 
+def operand_credit_reward(prompts, completions, **_) -> list[float]:
+    """:func:`restated_operands_reward` with partial credit (``--rlvr-reward partial``): the mean, over the
+    equations the response writes (``a op b =``), of the fraction of the prompt's three parts (first operand,
+    operator, second operand) each one has in place; 0 when it writes none. ``Compute 8 - 8.`` → ``8 - 11 = -3.``
+    earns 2/3 where the all-or-nothing reward pays 0, so a group of samples that all miscopy still ranks them."""
+    from posttrain.world.tasks import parse_prompt, prompt_text
+
+    out = []
+    for p, y in zip(prompts, completions):
+        task = parse_prompt(prompt_text(p))
+        want = (task.numbers[0], task.op, task.numbers[1])
+        eqs = [(int(a), op, int(b)) for a, op, b in _EQUATION.findall(y)]
+        out.append(sum(sum(g == w for g, w in zip(e, want)) / 3 for e in eqs) / len(eqs) if eqs else 0.0)
+    return out
+
+
 def _rl(name: str, out: Path, overrides: list[str], progress: bool) -> tuple[Path, list[dict]]:
     from posttrain.config import RLConfig, load_config
     from posttrain.io import read_jsonl
@@ -246,8 +262,10 @@ def _arith_headroom(policy_dir: Path, rows: list, *, k: int = 16, seed: int = 0)
     greedy = evaluate_policy(model, tok, rows, seed=seed, max_prompt_len=48,
                              generation={"temperature": 0.0, "max_new_tokens": 40})
     restated = restated_operands_reward(greedy.prompts, greedy.completions)
+    credit = operand_credit_reward(greedy.prompts, greedy.completions)
     return {f"pass@{n}": sum(any(p[:n]) for p in per) / len(per) for n in (1, 4, k)} | {
-        "forced_operands": sum(forced) / len(forced), "restated_operands": sum(restated) / len(restated)}
+        "forced_operands": sum(forced) / len(forced), "restated_operands": sum(restated) / len(restated),
+        "operand_credit": sum(credit) / len(credit)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,12 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads for every stage (default: torch's)")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of every RL run (the SFT and reward models keep theirs); use its own --out")
-    ap.add_argument("--rlvr-reward", choices=["math", "worked", "shaped"], default="math",
+    ap.add_argument("--rlvr-reward", choices=["math", "worked", "shaped", "partial"], default="math",
                     help="rlvr training reward: the answer-only math verifier, worked_arith_reward (right answer "
                          "and the prompt's own operands in every equation written), or shaped (the verifier plus "
-                         "--restate-weight x restated_operands_reward); the evaluation is the same")
+                         "--restate-weight x restated_operands_reward), or partial (the verifier plus "
+                         "--restate-weight x operand_credit_reward); the evaluation is the same")
     ap.add_argument("--restate-weight", type=float, default=0.5,
-                    help="weight of restated_operands_reward in --rlvr-reward shaped")
+                    help="weight of the operand reward in --rlvr-reward shaped / partial")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an rl config override for every RL run (after the part's own settings; use its own --out)")
     args = ap.parse_args(argv)
@@ -291,13 +310,16 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     sft = _sft(world, out, args.progress, args.threads)
-    rm, rm_summary = _rm(world, sft, out, args.progress, args.threads, args.rm_data)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     previous = out / "rl_check.json"  # parts not run this time keep their earlier results
     report: dict = json.loads(previous.read_text()) if previous.is_file() else {}
-    report.update({"world": str(world), "sft": str(sft), "rm": str(rm), "rm_data": args.rm_data,
-                   "rm_eval": {k: v for k, v in (rm_summary.get("eval") or {}).items()
-                               if isinstance(v, (int, float))}})
+    report.update({"world": str(world), "sft": str(sft)})
+    rm = None
+    if any(p in parts for p in ("ppo", "grpo", "overopt")):  # rlvr's reward is a verifier: no reward model
+        rm, rm_summary = _rm(world, sft, out, args.progress, args.threads, args.rm_data)
+        report.update({"rm": str(rm), "rm_data": args.rm_data,
+                       "rm_eval": {k: v for k, v in (rm_summary.get("eval") or {}).items()
+                                   if isinstance(v, (int, float))}})
     rows = world_eval_rows(world, EVAL_FAMILIES, per_family=args.per_family)
     prompts = str(world / "rl/train.jsonl")  # prompt-only rows
     common = [f"model={sft}", f"reward=rm:{rm}", f"data.train={prompts}", "data.max_prompt_len=48",
@@ -328,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
             reward = {"math": "verifier:math",
                       "worked": "callable:posttrain.stages.rl_check:worked_arith_reward",
                       "shaped": "verifier:math*1.0+callable:posttrain.stages.rl_check:restated_operands_reward"
-                                f"*{args.restate_weight}"}[args.rlvr_reward]
+                                f"*{args.restate_weight}",
+                      "partial": "verifier:math*1.0+callable:posttrain.stages.rl_check:operand_credit_reward"
+                                 f"*{args.restate_weight}"}[args.rlvr_reward]
             path, curve = _rl("rlvr", out, [f"model={sft}", f"reward={reward}",
                                             f"data.train={_arith_prompts(world, out)}",
                                             "data.max_prompt_len=48", "generation.max_new_tokens=24",
