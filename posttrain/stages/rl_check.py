@@ -283,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads for every stage (default: torch's)")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of every RL run (the SFT and reward models keep theirs); use its own --out")
-    ap.add_argument("--rlvr-reward", choices=["math", "worked", "shaped", "partial"], default="math",
+    ap.add_argument("--rlvr-reward", choices=["math", "worked", "shaped", "partial", "copy"], default="math",
                     help="rlvr training reward: the answer-only math verifier, worked_arith_reward (right answer "
                          "and the prompt's own operands in every equation written), or shaped (the verifier plus "
                          "--restate-weight x restated_operands_reward), or partial (the verifier plus "
-                         "--restate-weight x operand_credit_reward); the evaluation is the same")
+                         "--restate-weight x operand_credit_reward), or copy (operand_credit_reward alone, no answer reward); the "
+                         "evaluation is the same")
     ap.add_argument("--restate-weight", type=float, default=0.5,
                     help="weight of the operand reward in --rlvr-reward shaped / partial")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -352,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                       "shaped": "verifier:math*1.0+callable:posttrain.stages.rl_check:restated_operands_reward"
                                 f"*{args.restate_weight}",
                       "partial": "verifier:math*1.0+callable:posttrain.stages.rl_check:operand_credit_reward"
-                                 f"*{args.restate_weight}"}[args.rlvr_reward]
+                                 f"*{args.restate_weight}",
+                      "copy": "callable:posttrain.stages.rl_check:operand_credit_reward"}[args.rlvr_reward]
             path, curve = _rl("rlvr", out, [f"model={sft}", f"reward={reward}",
                                             f"data.train={_arith_prompts(world, out)}",
                                             "data.max_prompt_len=48", "generation.max_new_tokens=24",
