@@ -39,6 +39,18 @@ rankings (the instructgpt recipe's settings), then measures:
   steps 0.109 (+1.5), weight 1.0 × 120 steps 0.141 (+4.7), weight 0.5 × 120 steps 0.141 (+4.7) — every one
   within two σ of the answer-only verifier, and the training restatement rate rises only 0.03 → ~0.10: GRPO
   with a 0/1 reward on a 6% event moves the 2M-parameter model's copying slowly.
+  Session 12 (same world; 120 steps unless said, out ``runs/<name>``): partial credit for the copy
+  (:func:`operand_credit_reward`, 1/3 per operand / operator in place) teaches copying that carries over to the
+  held-out operands, and paying for the answer is what hurts. ``--rlvr-reward partial`` w 0.5 × 60 steps 0.141
+  (restated 0.06 → 0.20); w 1.0: 0.109 (restated 0.61, but forced_operands 0.33 → 0.11); w 1.0 with β 0.1:
+  0.141 (forced 0.13); ``verifier:math*0.25`` + credit: 0.109 (forced 0.11). Credit alone (``--rlvr-reward
+  copy``, no answer reward): β 0.02 0.203 (+10.9, forced 0.23); **β 0.1: 0.281 (+18.7; restated 0.55, forced
+  0.30 kept) and with ``--seed 1`` 0.219 (+12.5): mean +15.6 over two seeds**. Rewarding the answers of the
+  477 training prompts teaches those answers and collapses the answer distribution (``12 * 9 = 63.``,
+  ``7 - 3 = 6.``), losing the arithmetic the model brings to unseen operands; rewarding only the copy, with
+  a KL strong enough to keep the answer token near the SFT model's, leaves that arithmetic in place. Command:
+  ``--parts rlvr --rlvr-reward copy --set max_steps=120 --set beta=0.1 [--seed 1]``. This meets +15 on the
+  mean of two seeds with a rule-checked process reward, not with the answer verifier the issue names.
 
 Measured (session 10, world 595b1ef57980, default settings): PPO win-rate 0.723 (gold 1.72, KL 1.56, length
 14.4), GRPO 0.674 (gold 1.46, KL 0.51) — both above 0.65; ``overopt`` gold peaks at step 16 (1.98) and ends at
