@@ -39,7 +39,10 @@ Session 10 (AMD EPYC; the world built there hashes 595b1ef57980: its float32 pre
 model, whose SFT model has gold 0.47), seeds 0 / 1 / 2 of ``dpo ipo simpo``: DPO 0.643 / 0.648 / 0.654 (mean
 0.648), IPO 0.668 / 0.646 / 0.671 (0.662), SimPO 0.627 / 0.596 / 0.580 (0.601): on that world IPO meets the
 target, DPO is at it within σ, SimPO misses — the same code and settings, so the world instance moves the
-result by as much as the losses differ.
+result by as much as the losses differ. Session 12 (Intel Xeon, world f6f1b11db062, SFT gold 0.80), seed 0 of
+``dpo ipo simpo``: DPO 0.577 (gold 1.24, KL 1.37), IPO 0.530, SimPO 0.482 — the session-7 picture again
+(emotional 1.63 → 0.41 and howto −0.37 → −0.79 under DPO, samples garbling the chosen answers' templates at
+temperature 1), while the annotators' labels agree with the gold reward on 67% (arith) to 81% (howto) of pairs.
 
 Run: ``.venv/bin/python -m pytest tests/test_dpo_acceptance.py -m slow -s`` or
 ``.venv/bin/python tests/test_dpo_acceptance.py [--set KEY=VALUE] [LOSS ...]`` (``--set nll_weight=1``: the
