@@ -1,4 +1,4 @@
-"""The toy-world arithmetic rewards of ``posttrain.stages.rl_check`` (``--rlvr-reward worked|shaped|partial``)."""
+"""The toy-world arithmetic rewards of ``posttrain.stages.rl_check`` (``--rlvr-reward worked|shaped|partial|copy``)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_shaped_spec_is_the_weighted_sum_of_verifier_and_restatement():
 
 
 def test_operand_credit_counts_each_part_of_each_equation():
-    # worked by hand against ("7", "*", "4"): 3/3, 3/3, 0/3 (14 * 2: neither operand; the operator is "*": 1/3),
+    # worked by hand against (7, "*", 4): 3/3, 3/3, 1/3 (14 * 2: neither operand, but the operator is "*"),
     # no equation 0, mean of 3/3 and 2/3 (the "+" is wrong), and 9 - 3 against itself 3/3
     got = operand_credit_reward(PROMPTS, COMPLETIONS)
     want = [1.0, 1.0, 1 / 3, 0.0, (1 + 2 / 3) / 2, 1.0]

@@ -164,15 +164,20 @@ def _arith_prompts(world: Path, out: Path) -> Path:
 _EQUATION = re.compile(r"(\d+)\s*([-+*])\s*(\d+)\s*=")
 
 
-def _restates(prompt, response: str, *, allow_none: bool) -> bool:
-    """Whether every equation ``response`` writes (``a op b =``) has ``prompt``'s operands and operator; a
-    response with no equation counts when ``allow_none``."""
+def _equations(prompt, response: str) -> tuple[tuple, list[tuple]]:
+    """``prompt``'s ``(a, op, b)`` and every equation ``response`` writes (``a op b =``), parsed the same way."""
     from posttrain.world.tasks import parse_prompt, prompt_text
 
     task = parse_prompt(prompt_text(prompt))
-    want = (task.numbers[0], task.op, task.numbers[1])
-    eqs = _EQUATION.findall(response)
-    return (allow_none or bool(eqs)) and all((int(a), op, int(b)) == want for a, op, b in eqs)
+    return (task.numbers[0], task.op, task.numbers[1]), [(int(a), op, int(b)) for a, op, b in
+                                                         _EQUATION.findall(response)]
+
+
+def _restates(prompt, response: str, *, allow_none: bool) -> bool:
+    """Whether every equation ``response`` writes (``a op b =``) has ``prompt``'s operands and operator; a
+    response with no equation counts when ``allow_none``."""
+    want, eqs = _equations(prompt, response)
+    return (allow_none or bool(eqs)) and all(e == want for e in eqs)
 
 
 def worked_arith_reward(prompts, completions, **_) -> list[float]:
@@ -199,14 +204,11 @@ def operand_credit_reward(prompts, completions, **_) -> list[float]:
     """:func:`restated_operands_reward` with partial credit (``--rlvr-reward partial``): the mean, over the
     equations the response writes (``a op b =``), of the fraction of the prompt's three parts (first operand,
     operator, second operand) each one has in place; 0 when it writes none. ``Compute 8 - 8.`` → ``8 - 11 = -3.``
-    earns 2/3 where the all-or-nothing reward pays 0, so a group of samples that all miscopy still ranks them."""
-    from posttrain.world.tasks import parse_prompt, prompt_text
-
+    earns 2/3 where the all-or-nothing reward pays 0, so a group of samples that all miscopy still ranks them.
+    Alone it is ``--rlvr-reward copy``."""
     out = []
     for p, y in zip(prompts, completions):
-        task = parse_prompt(prompt_text(p))
-        want = (task.numbers[0], task.op, task.numbers[1])
-        eqs = [(int(a), op, int(b)) for a, op, b in _EQUATION.findall(y)]
+        want, eqs = _equations(p, y)
         out.append(sum(sum(g == w for g, w in zip(e, want)) / 3 for e in eqs) / len(eqs) if eqs else 0.0)
     return out
 
@@ -299,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="rlvr training reward: the answer-only math verifier, worked_arith_reward (right answer "
                          "and the prompt's own operands in every equation written), or shaped (the verifier plus "
                          "--restate-weight x restated_operands_reward), or partial (the verifier plus "
-                         "--restate-weight x operand_credit_reward), or copy (operand_credit_reward alone, no answer reward); the "
-                         "evaluation is the same")
+                         "--restate-weight x operand_credit_reward), or copy (operand_credit_reward alone, no "
+                         "answer reward); the evaluation is the same")
     ap.add_argument("--restate-weight", type=float, default=0.5,
                     help="weight of the operand reward in --rlvr-reward shaped / partial")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = json.loads(previous.read_text()) if previous.is_file() else {}
     report.update({"world": str(world), "sft": str(sft)})
     rm = None
-    if any(p in parts for p in ("ppo", "grpo", "overopt")):  # rlvr's reward is a verifier: no reward model
+    if any(p in parts for p in ("ppo", "grpo", "overopt")):  # rlvr's rewards are rule-checked: no reward model
         rm, rm_summary = _rm(world, sft, out, args.progress, args.threads, args.rm_data)
         report.update({"rm": str(rm), "rm_data": args.rm_data,
                        "rm_eval": {k: v for k, v in (rm_summary.get("eval") or {}).items()
