@@ -43,6 +43,12 @@ result by as much as the losses differ. Session 12 (Intel Xeon, world f6f1b11db0
 ``dpo ipo simpo``: DPO 0.577 (gold 1.24, KL 1.37), IPO 0.530, SimPO 0.482 — the session-7 picture again
 (emotional 1.63 → 0.41 and howto −0.37 → −0.79 under DPO, samples garbling the chosen answers' templates at
 temperature 1), while the annotators' labels agree with the gold reward on 67% (arith) to 81% (howto) of pairs.
+Session 13 (same world): the DPO paper's remedy for preference data not sampled from the reference
+(Rafailov et al. 2023, §4 "DPO outline": initialise the reference by maximum likelihood on the preferred
+completions): SFT of the SFT model on the 1600 chosen responses (lr 5e-5, batch 16, 100 steps), then DPO with :data:`TOY` from that model as policy and reference. Preferred-FT alone
+0.512 (gold 0.88; emotional 1.63 → 1.10, howto −0.37 → −1.20), DPO after it 0.541 (KL to SFT 5.1): the chosen
+responses themselves carry the annotators' length bias and label noise, so fitting them lowers the gold of the
+same two families DPO lowers; it does not close the gap.
 
 Run: ``.venv/bin/python -m pytest tests/test_dpo_acceptance.py -m slow -s`` or
 ``.venv/bin/python tests/test_dpo_acceptance.py [--set KEY=VALUE] [LOSS ...]`` (``--set nll_weight=1``: the

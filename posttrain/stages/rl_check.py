@@ -51,7 +51,8 @@ rankings (the instructgpt recipe's settings), then measures:
   a KL strong enough to keep the answer token near the SFT model's, leaves that arithmetic in place. Command:
   ``--parts rlvr --rlvr-reward copy --set max_steps=120 --set beta=0.1 [--seed N]``. One seed of three passes
   +15; the mean (+14.0) is just short, and it is a rule-checked process reward, not the answer verifier the
-  issue names.
+  issue names. Session 13: ``--set beta=0.2`` (copy, 120 steps, seed 0) 0.219 (+12.5; restated 0.50,
+  forced 0.20): a stronger KL than 0.1 does not help.
 
 Measured (session 10, world 595b1ef57980, default settings): PPO win-rate 0.723 (gold 1.72, KL 1.56, length
 14.4), GRPO 0.674 (gold 1.46, KL 0.51) — both above 0.65; ``overopt`` gold peaks at step 16 (1.98) and ends at
